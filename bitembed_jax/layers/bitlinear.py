@@ -1,0 +1,61 @@
+"""BitLinear: a dense layer that is either full precision or ternary (W1.58 A8/A4).
+
+Kernels are stored (in_features, out_features). In ``ternary`` mode the latent
+float kernel is quantized on the fly (absmean ternary) and the input per token
+(absmax, ``act_bits``), both with straight-through gradients; ``fp`` is a plain
+dense layer (the full-precision teacher). ``pre_norm`` inserts the per-linear
+RMSNorm of norm refinement in front of the quantizer.
+"""
+import jax.numpy as jnp
+from flax import nnx
+
+from bitembed_jax.layers.norms import RMSNorm
+from bitembed_jax.quant.activation import absmax_ste
+from bitembed_jax.quant.ternary import ternary_int, ternary_ste
+
+MODES = ("fp", "ternary")
+
+
+class BitLinear(nnx.Module):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        axes: tuple[str, str],
+        mode: str = "fp",
+        act_bits: int = 8,
+        per_row_scale: bool = False,
+        pre_norm: bool = False,
+        norm_eps: float = 1e-6,
+        use_bias: bool = False,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"BitLinear mode must be one of {MODES}, got {mode!r}")
+        init = nnx.initializers.normal(0.02)
+        self.kernel = nnx.Param(init(rngs.params(), (in_features, out_features), jnp.float32), out_sharding=axes)
+        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32), out_sharding=(axes[1],)) if use_bias else None
+        self.norm = RMSNorm(in_features, eps=norm_eps) if pre_norm else None
+        self.mode = mode
+        self.act_bits = act_bits
+        self.per_row_scale = per_row_scale
+        self.dtype = dtype
+
+    def __call__(self, x):
+        if self.norm is not None:
+            x = self.norm(x)
+        w = self.kernel[...]
+        if self.mode == "ternary":
+            x = absmax_ste(x, self.act_bits)
+            w = ternary_ste(w, self.per_row_scale)
+        y = jnp.dot(x.astype(self.dtype), w.astype(self.dtype), preferred_element_type=jnp.float32)
+        if self.bias is not None:
+            y = y + self.bias[...]
+        return y.astype(self.dtype)
+
+    def frozen(self):
+        """(int8 ternary weights shaped (out, in) as PyTorch stores them, float32 scale)."""
+        q, gamma = ternary_int(self.kernel[...], self.per_row_scale)
+        return q.T, (gamma.T if self.per_row_scale else gamma)

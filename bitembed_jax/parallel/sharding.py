@@ -1,0 +1,52 @@
+"""The one logical-axis rules table (MaxText style).
+
+Parameters and activations carry logical axis names; this table maps them to
+mesh axes. Nothing else in the project writes a PartitionSpec by hand.
+"""
+import jax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical name -> mesh axis (or tuple of axes, or None = replicated)
+RULES = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("norm", None),
+    ("length", None),
+    ("candidates", None),
+)
+
+
+def logical_spec(names) -> PartitionSpec:
+    """PartitionSpec for a tuple of logical axis names (None = replicated)."""
+    table = dict(RULES)
+    unknown = [n for n in names if n is not None and n not in table]
+    if unknown:
+        raise KeyError(f"logical axis names {unknown} are not in the rules table {sorted(table)}")
+    return PartitionSpec(*(table[n] if n is not None else None for n in names))
+
+
+def logical_sharding(mesh, names) -> NamedSharding:
+    return NamedSharding(mesh, logical_spec(names))
+
+
+def state_specs(state):
+    """PartitionSpec tree for an NNX state whose Variables carry ``out_sharding`` logical names."""
+    with nnx.logical_axis_rules(RULES):
+        return nnx.get_partition_spec(state)
+
+
+def state_shardings(state, mesh):
+    specs = state_specs(state)
+    return jax.tree.map(
+        lambda s: NamedSharding(mesh, s.get_value() if isinstance(s, nnx.Variable) else s),
+        specs,
+        is_leaf=lambda x: isinstance(x, (PartitionSpec, nnx.Variable)),
+    )
