@@ -1,0 +1,75 @@
+"""The ``bitembed-jax`` command line."""
+import argparse
+import sys
+
+
+def _convert(args):
+    from bitembed_jax.convert.hf_import import convert
+
+    opts = dict(mode="bitnet" if args.bitnet else "fp", norm=args.norm, act_bits=args.act_bits,
+                attention=args.attention, pooling=args.pooling)
+    out = convert(args.hf, args.out, overwrite=args.overwrite, **opts)
+    print(f"wrote {opts['mode']} encoder to {out}")
+
+
+def _encode(args):
+    import numpy as np
+
+    from bitembed_jax.encode import Encoder
+
+    with open(args.input, encoding="utf-8") as f:
+        texts = [line.rstrip("\n") for line in f]
+    empty = [i + 1 for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        raise SystemExit(f"{args.input}: empty line(s) {empty[:10]}: one text per line expected")
+    if not args.overwrite and __import__("os").path.exists(args.out):
+        raise SystemExit(f"{args.out} exists; pass --overwrite to replace it")
+    enc = Encoder.from_pretrained(args.model, max_length=args.max_length)
+    vecs = enc.encode(texts, batch_size=args.batch_size, prompt=args.prompt, precision=args.precision,
+                      dim=args.dim, show_progress=True)
+    arr = vecs if isinstance(vecs, np.ndarray) else vecs.codes
+    np.save(args.out, arr)
+    print(f"wrote {arr.shape} {arr.dtype} ({args.precision}) to {args.out}")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="bitembed-jax", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="import a local Hugging Face checkpoint folder into a bitembed-jax model")
+    c.add_argument("--hf", required=True, help="local HF folder (config.json + safetensors or pytorch_model.bin)")
+    c.add_argument("--out", required=True)
+    c.add_argument("--bitnet", action="store_true", help="ternary weights + low-bit activations (else fp)")
+    c.add_argument("--norm", default="per_linear", choices=["per_linear", "subln", "none"])
+    c.add_argument("--act-bits", type=int, default=8, choices=[8, 4])
+    c.add_argument("--attention", default="causal", choices=["causal", "bidirectional"])
+    c.add_argument("--pooling", default="last", choices=["last", "mean"])
+    c.add_argument("--overwrite", action="store_true")
+    c.set_defaults(func=_convert)
+
+    e = sub.add_parser("encode", help="embed one text per line of a file into a .npy array")
+    e.add_argument("--model", required=True)
+    e.add_argument("--input", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--max-length", type=int, default=512)
+    e.add_argument("--prompt", default=None, help="prefix for every text (e.g. a query instruction)")
+    e.add_argument("--precision", default="fp32", choices=["fp32", "int8", "int4", "int2", "binary"])
+    e.add_argument("--dim", type=int, default=None, help="Matryoshka dimension")
+    e.add_argument("--overwrite", action="store_true")
+    e.set_defaults(func=_encode)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Our model folder: ``bitembed_config.json`` + orbax ``params/`` + tokenizer files.
+
+Written to a temporary sibling and renamed into place, so a folder is never
+half-written; an existing non-empty folder is only replaced with ``overwrite``.
+"""
+import json
+import os
+import shutil
+import tempfile
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from bitembed_jax.io.state_paths import fill_state, flat_params
+from bitembed_jax.models import ModelConfig, build_model
+
+CONFIG_NAME = "bitembed_config.json"
+PARAMS_DIR = "params"
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+)
+
+
+def check_writable(out_dir: str, overwrite: bool):
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+
+
+def abstract_model(cfg: ModelConfig):
+    return nnx.eval_shape(lambda: build_model(cfg))
+
+
+def save_model_dir(out_dir: str, model, cfg: ModelConfig, *, tokenizer_dir=None, extra: dict | None = None,
+                   overwrite: bool = False):
+    out_dir = os.path.abspath(out_dir)
+    check_writable(out_dir, overwrite)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
+    try:
+        params = flat_params(nnx.state(model))
+        ckpt = ocp.StandardCheckpointer()
+        ckpt.save(os.path.join(tmp, PARAMS_DIR), {k: np.asarray(jax.device_get(v)) for k, v in params.items()})
+        ckpt.wait_until_finished()
+        with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
+            json.dump({"model": cfg.to_dict(), **(extra or {})}, f, indent=2, sort_keys=True)
+        if tokenizer_dir:
+            for name in TOKENIZER_FILES:
+                src = os.path.join(tokenizer_dir, name)
+                if os.path.exists(src):
+                    shutil.copy2(src, os.path.join(tmp, name))
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_config(model_dir: str) -> tuple[ModelConfig, dict]:
+    path = os.path.join(model_dir, CONFIG_NAME)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {model_dir} is not a bitembed-jax model folder "
+                                f"(make one with `bitembed-jax convert` or `bitembed-jax export`)")
+    with open(path) as f:
+        meta = json.load(f)
+    return ModelConfig.from_dict(meta["model"]), meta
+
+
+def load_model_dir(model_dir: str, **overrides):
+    """(model, cfg); ``overrides`` change encoder-side options (dtype, attention, remat...)."""
+    model_dir = os.path.abspath(model_dir)
+    cfg, _ = read_config(model_dir)
+    cfg = cfg.replace(**overrides) if overrides else cfg
+    abstract = abstract_model(cfg)
+    graphdef, abs_state = nnx.split(abstract)
+    target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat_params(abs_state).items()}
+    values = ocp.StandardCheckpointer().restore(os.path.join(model_dir, PARAMS_DIR), target)
+    return nnx.merge(graphdef, fill_state(abs_state, values)), cfg

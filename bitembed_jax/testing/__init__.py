@@ -1,0 +1,1 @@
+"""Tiny local checkpoints for the quickstart and tests (no hub access needed)."""

@@ -1,0 +1,17 @@
+"""Tiny random Hugging Face checkpoints made locally (no hub access)."""
+import torch
+
+from bitembed_jax.testing import tiny_hf
+
+VOCAB = 512
+# a fixed local corpus for the tokenizer, so fixtures don't depend on the shipped sample's wording
+_TEXTS = [f"sentence number {i} about topic {i % 7} with words alpha beta gamma delta" for i in range(200)]
+
+
+def make_tiny_hf(arch: str, out_dir: str, seed: int = 0):
+    return tiny_hf.make_tiny_hf(arch, out_dir, seed=seed, texts=_TEXTS, vocab_size=VOCAB, perturb_norms=True)
+
+
+def load_hf(path: str):
+    from transformers import AutoModel
+    return AutoModel.from_pretrained(path, attn_implementation="eager", dtype=torch.float32).eval()
