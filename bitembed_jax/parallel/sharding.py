@@ -37,16 +37,12 @@ def logical_sharding(mesh, names) -> NamedSharding:
     return NamedSharding(mesh, logical_spec(names))
 
 
-def state_specs(state):
-    """PartitionSpec tree for an NNX state whose Variables carry ``out_sharding`` logical names."""
+def state_specs(state) -> dict:
+    """Pure-dict PartitionSpec tree for an NNX state whose Variables carry ``out_sharding`` logical names."""
     with nnx.logical_axis_rules(RULES):
-        return nnx.get_partition_spec(state)
+        return nnx.to_pure_dict(nnx.get_partition_spec(state))
 
 
-def state_shardings(state, mesh):
-    specs = state_specs(state)
-    return jax.tree.map(
-        lambda s: NamedSharding(mesh, s.get_value() if isinstance(s, nnx.Variable) else s),
-        specs,
-        is_leaf=lambda x: isinstance(x, (PartitionSpec, nnx.Variable)),
-    )
+def state_shardings(state, mesh) -> dict:
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), state_specs(state),
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))

@@ -1,0 +1,95 @@
+"""Orbax CheckpointManager for train state + data-iterator position + the run's config.
+
+Saves are atomic (orbax finalises a step only when fully written), async, every
+N steps and on demand (SIGTERM); the last K are kept. A work dir remembers its
+config; resuming with a config that changes what is trained is refused, naming
+the keys that differ.
+"""
+import base64
+import json
+import os
+
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = "config.json"
+# keys that may change between a run and its resumption: they don't change what is being trained
+RESUMABLE_PREFIXES = ("train.num_steps", "train.log_every", "checkpoint.", "mesh.", "data.dataset_dir")
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_dict(cfg) -> dict:
+    return json.loads(cfg.to_json())
+
+
+def check_or_write_config(workdir: str, cfg, *, is_writer: bool = True):
+    """First run: store the config. Later runs: refuse when a training-relevant key differs."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    current = config_dict(cfg)
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        a, b = _flatten(saved), _flatten(current)
+        diff = sorted(k for k in set(a) | set(b)
+                      if a.get(k, "<absent>") != b.get(k, "<absent>") and not k.startswith(RESUMABLE_PREFIXES))
+        if diff:
+            lines = [f"  {k}: saved {a.get(k, '<absent>')!r} != now {b.get(k, '<absent>')!r}" for k in diff]
+            raise ValueError(f"{workdir} holds a run with a different config; refusing to resume "
+                             f"(use a new --workdir):\n" + "\n".join(lines))
+    if is_writer:
+        os.makedirs(workdir, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(current, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+
+
+def _encode_data_state(state):
+    if isinstance(state, bytes):
+        return {"__bytes_b64__": base64.b64encode(state).decode()}
+    return state
+
+
+def _decode_data_state(state):
+    if isinstance(state, dict) and set(state) == {"__bytes_b64__"}:
+        return base64.b64decode(state["__bytes_b64__"])
+    return state
+
+
+class Checkpointer:
+    def __init__(self, workdir: str, ckpt_cfg):
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=int(ckpt_cfg.keep), save_interval_steps=int(ckpt_cfg.every_steps),
+            enable_async_checkpointing=bool(ckpt_cfg.async_save), create=True)
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self):
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_state, *, force: bool = False) -> bool:
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  data=ocp.args.JsonSave(_encode_data_state(data_state)))
+        return self.manager.save(step, args=args, force=force)
+
+    def restore(self, step: int, abstract_state):
+        """``abstract_state``: ShapeDtypeStructs with shardings (resharding to the current mesh is allowed)."""
+        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                                 data=ocp.args.JsonRestore()))
+        return out["state"], _decode_data_state(out["data"])
+
+    def wait(self):
+        self.manager.wait_until_finished()
+
+    def close(self):
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -1,0 +1,60 @@
+"""Base config: every key a run can set. Model × stage files override it (big_vision style)."""
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.stage = "pretrain"  # pretrain | finetune
+
+    # where the student comes from: a local HF folder (converted on the fly) or one of our model folders
+    c.init = ml_collections.ConfigDict()
+    c.init.model = ""
+    c.init.mode = "bitnet"  # fp | bitnet
+    c.init.norm = "per_linear"  # per_linear | subln | none
+    c.init.act_bits = 8
+    c.init.attention = "causal"
+    c.init.pooling = "last"
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train_files = []  # JSONL / Parquet of {"query", "positive", "negatives"?}
+    c.data.dataset_dir = ""  # built ArrayRecord dataset (default: WORKDIR/dataset)
+    c.data.query_max_len = 64
+    c.data.passage_max_len = 256
+    c.data.num_negatives = 0
+    c.data.query_instruction = "Given a web search query, retrieve relevant passages that answer the query"
+    c.data.skip_bad = False
+    c.data.seed = 0
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.temperature = 0.02
+    c.loss.learnable_temperature = False
+    c.loss.symmetric = False
+    c.loss.num_chunks = 1  # GradCache chunks per step (1 = no chunking)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 256  # global, across all hosts and devices
+    c.train.num_steps = 1000
+    c.train.learning_rate = 1e-4
+    c.train.warmup_steps = 100
+    c.train.schedule = "cosine"  # cosine | linear | constant
+    c.train.end_lr_ratio = 0.0
+    c.train.weight_decay = 0.01
+    c.train.b1 = 0.9
+    c.train.b2 = 0.98
+    c.train.grad_clip = 1.0
+    c.train.dtype = "float32"  # compute dtype; parameters stay float32 (master weights)
+    c.train.remat = False
+    c.train.seed = 0
+    c.train.log_every = 10
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 500
+    c.checkpoint.keep = 3
+    c.checkpoint.async_save = True
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # -1: the remaining devices
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    c.mesh.num_slices = 1  # multi-slice: the data axis spans slices over DCN
+    return c

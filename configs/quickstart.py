@@ -1,0 +1,23 @@
+"""Quickstart: a tiny BitNet encoder on the shipped sample pairs; a few minutes on a 2-core CPU."""
+import os
+
+from configs import base
+
+SAMPLE = os.path.join(os.path.dirname(__file__), "..", "bitembed_jax", "data", "sample", "pairs.jsonl")
+
+
+def get_config():
+    c = base.get_config()
+    c.init.model = ""  # set with --config.init.model=DIR (see README quickstart)
+    c.data.train_files = [os.path.abspath(SAMPLE)]
+    c.data.query_max_len = 32
+    c.data.passage_max_len = 64
+    c.data.query_instruction = "Given a question, retrieve the passage that answers it"
+    c.loss.temperature = 0.05
+    c.train.batch_size = 32
+    c.train.num_steps = 60
+    c.train.learning_rate = 2e-3
+    c.train.warmup_steps = 10
+    c.train.log_every = 5
+    c.checkpoint.every_steps = 20
+    return c
