@@ -1,5 +1,6 @@
 """The ``bitembed-jax`` command line."""
 import argparse
+import os
 import sys
 
 
@@ -22,7 +23,7 @@ def _encode(args):
     empty = [i + 1 for i, t in enumerate(texts) if not t.strip()]
     if empty:
         raise SystemExit(f"{args.input}: empty line(s) {empty[:10]}: one text per line expected")
-    if not args.overwrite and __import__("os").path.exists(args.out):
+    if not args.overwrite and os.path.exists(args.out):
         raise SystemExit(f"{args.out} exists; pass --overwrite to replace it")
     enc = Encoder.from_pretrained(args.model, max_length=args.max_length)
     vecs = enc.encode(texts, batch_size=args.batch_size, prompt=args.prompt, precision=args.precision,
@@ -30,6 +31,27 @@ def _encode(args):
     arr = vecs if isinstance(vecs, np.ndarray) else vecs.codes
     np.save(args.out, arr)
     print(f"wrote {arr.shape} {arr.dtype} ({args.precision}) to {args.out}")
+
+
+def _train(args, overrides):
+    from bitembed_jax.config_loader import apply_overrides, load_config_file
+    from bitembed_jax.train.loop import train
+
+    cfg = apply_overrides(load_config_file(args.config), overrides)
+    if args.init_from:
+        cfg.init.model = args.init_from
+    out = train(cfg, args.workdir)
+    if out:
+        print(f"trained model folder: {out}")
+
+
+def _make_tiny(args):
+    from bitembed_jax.io.model_dir import check_writable
+    from bitembed_jax.testing.tiny_hf import make_tiny_hf
+
+    check_writable(args.out, args.overwrite)
+    make_tiny_hf(args.arch, args.out, seed=args.seed)
+    print(f"wrote a tiny random {args.arch} Hugging Face checkpoint + tokenizer to {args.out}")
 
 
 def build_parser():
@@ -58,13 +80,32 @@ def build_parser():
     e.add_argument("--dim", type=int, default=None, help="Matryoshka dimension")
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=_encode)
+
+    t = sub.add_parser("train", help="contrastive training (extra --config.KEY=VALUE args override the config)")
+    t.add_argument("--config", required=True, help="a configs/*.py file")
+    t.add_argument("--workdir", required=True, help="checkpoints, metrics and the final model go here")
+    t.add_argument("--init-from", default=None, help="shorthand for --config.init.model")
+    t.set_defaults(func=_train, takes_overrides=True)
+
+    m = sub.add_parser("make-tiny", help="write a tiny random HF checkpoint + tokenizer (quickstart, tests)")
+    m.add_argument("--arch", default="qwen3", choices=["qwen3", "gemma3"])
+    m.add_argument("--out", required=True)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--overwrite", action="store_true")
+    m.set_defaults(func=_make_tiny)
     return p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        args.func(args)
+        if getattr(args, "takes_overrides", False):
+            args.func(args, extra)
+        else:
+            args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bitembed_jax.data.pipeline import Tokenize
 from bitembed_jax.io.model_dir import load_model_dir, read_config
 from bitembed_jax.models import embed
 
@@ -19,19 +20,11 @@ def _bucket(n: int, max_length: int) -> int:
     return min(b, max_length)
 
 
-def tokenize(tokenizer, texts, max_length: int, append_eos: bool, eos_id):
-    """Right-padded int32 ids and mask; EOS appended (within max_length) when pooling needs it."""
-    enc = tokenizer(list(texts), add_special_tokens=True, truncation=True,
-                    max_length=max_length - (1 if append_eos else 0))["input_ids"]
-    if append_eos:
-        enc = [ids if ids and ids[-1] == eos_id else ids + [eos_id] for ids in enc]
-    width = _bucket(max(len(x) for x in enc), max_length)
-    ids = np.zeros((len(enc), width), np.int32)
-    mask = np.zeros((len(enc), width), np.int32)
-    for i, x in enumerate(enc):
-        ids[i, : len(x)] = x
-        mask[i, : len(x)] = 1
-    return ids, mask
+def tokenize(tokenizer: Tokenize, texts, max_length: int):
+    """Right-padded ids/mask as training saw them, cut to a bucketed width."""
+    ids, mask = tokenizer(texts, max_length)
+    width = _bucket(int(mask.sum(axis=1).max()), max_length)
+    return ids[:, :width], mask[:, :width]
 
 
 class Encoder:
@@ -42,10 +35,7 @@ class Encoder:
         self.prompts = prompts or {}
         self.meta = meta or {}
         self._graphdef, self._state = nnx.split(model)
-        eos = self.cfg.eos_token_id if self.cfg.eos_token_id is not None else tokenizer.eos_token_id
-        if self.cfg.pooling == "last" and eos is None:
-            raise ValueError("last-token pooling needs an EOS token: the model config and tokenizer have none")
-        self.eos_id = eos
+        self._tokenize = Tokenize(tokenizer, add_eos=self.cfg.pooling == "last")
 
     @classmethod
     def from_pretrained(cls, path: str, *, max_length: int = 512, trust_remote_code: bool = False, **overrides):
@@ -77,7 +67,7 @@ class Encoder:
             steps = tqdm(steps, desc="encode")
         for s in steps:
             chunk = texts[s: s + batch_size]
-            ids, mask = tokenize(self.tokenizer, chunk, self.max_length, self.cfg.pooling == "last", self.eos_id)
+            ids, mask = tokenize(self._tokenize, chunk, self.max_length)
             n = len(chunk)
             if n < batch_size and len(texts) > batch_size:  # keep one batch shape: pad the tail batch
                 ids = np.pad(ids, ((0, batch_size - n), (0, 0)))

@@ -1,0 +1,46 @@
+"""Build (once) the ArrayRecord dataset of a run and open its per-host pipeline."""
+import os
+
+import jax
+from jax.experimental import multihost_utils
+
+from bitembed_jax.data.pipeline import DEFAULT_QUERY_TEMPLATE, PairPipeline
+from bitembed_jax.data.tfds_builder import build_dataset, needs_rebuild
+
+
+def dataset_dir(cfg, workdir: str) -> str:
+    return cfg.data.dataset_dir or os.path.join(workdir, "dataset")
+
+
+def ensure_dataset(cfg, workdir: str, log=print) -> str:
+    """Process 0 builds the dataset if absent; a stale one (inputs changed) is an error, not silently reused."""
+    path = dataset_dir(cfg, workdir)
+    if jax.process_index() == 0:
+        if os.path.exists(path) and os.listdir(path):
+            reason = needs_rebuild(path, list(cfg.data.train_files), skip_bad=cfg.data.skip_bad, seed=cfg.data.seed)
+            if reason:
+                raise ValueError(f"config.data.dataset_dir: {path} does not match config.data.train_files "
+                                 f"({reason}); remove it or point config.data.dataset_dir elsewhere")
+        else:
+            summary = build_dataset(list(cfg.data.train_files), path, skip_bad=cfg.data.skip_bad, seed=cfg.data.seed)
+            log(f"built dataset {path}: {summary.count} pairs"
+                + (f", skipped {summary.skipped} bad records: {list(summary.skip_reasons)}" if summary.skipped else ""))
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("bitembed_dataset_ready")
+    return path
+
+
+def query_prefix(cfg) -> str:
+    """The text put before every query, as the pipeline formats it (saved with the model for encoding)."""
+    if not cfg.data.query_instruction:
+        return ""
+    return DEFAULT_QUERY_TEMPLATE.format(instruction=cfg.data.query_instruction, query="")
+
+
+def pipeline_from_config(cfg, workdir: str, tokenizer, model_cfg, log=print) -> PairPipeline:
+    path = ensure_dataset(cfg, workdir, log)
+    return PairPipeline(
+        path, tokenizer, global_batch_size=int(cfg.train.batch_size), max_query_len=int(cfg.data.query_max_len),
+        max_passage_len=int(cfg.data.passage_max_len), num_negatives=int(cfg.data.num_negatives),
+        seed=int(cfg.data.seed), shard_index=jax.process_index(), shard_count=jax.process_count(),
+        instruction=cfg.data.query_instruction or None, add_eos=model_cfg.pooling == "last")

@@ -1,0 +1,161 @@
+"""``bitembed-jax train``: validate, load the student, build data, run the jitted step, checkpoint, resume."""
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from bitembed_jax.io.model_dir import CONFIG_NAME, load_model_dir, save_model_dir
+from bitembed_jax.parallel.mesh import make_mesh, maybe_initialize_distributed, mesh_shape
+from bitembed_jax.train.checkpoint import Checkpointer, check_or_write_config
+from bitembed_jax.train.metrics import MetricsWriter
+from bitembed_jax.train.optimizer import make_optimizer
+from bitembed_jax.train.step import make_train_step
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def validate_config(cfg, num_devices: int, num_processes: int = 1):
+    """Cheap checks before anything is compiled or trained; each error names its config key."""
+    if not cfg.init.model:
+        raise ValueError("config.init.model is empty: give a local HF folder or a bitembed-jax model folder")
+    if not os.path.isdir(cfg.init.model):
+        raise FileNotFoundError(f"config.init.model={cfg.init.model!r} is not a local folder")
+    if not cfg.data.train_files:
+        raise ValueError("config.data.train_files is empty")
+    for f in cfg.data.train_files:
+        if not f.startswith("gs://") and not os.path.exists(f):
+            raise FileNotFoundError(f"config.data.train_files: {f} not found")
+    data, fsdp, _ = mesh_shape(cfg.mesh, num_devices)
+    bs, chunks = int(cfg.train.batch_size), int(cfg.loss.num_chunks)
+    if bs <= 0 or bs % (data * fsdp):
+        raise ValueError(f"config.train.batch_size={bs} must be divisible by the batch mesh axes "
+                         f"data*fsdp={data * fsdp}")
+    if bs % num_processes:
+        raise ValueError(f"config.train.batch_size={bs} must be divisible by the number of hosts {num_processes}")
+    if chunks < 1 or bs % (chunks * data * fsdp):
+        raise ValueError(f"config.loss.num_chunks={chunks}: batch_size {bs} must split into {chunks} chunks "
+                         f"that each divide over data*fsdp={data * fsdp}")
+    if cfg.loss.learnable_temperature and chunks > 1:
+        raise ValueError("config.loss.learnable_temperature needs config.loss.num_chunks=1 (GradCache keeps "
+                         "the temperature fixed)")
+    if cfg.loss.temperature <= 0:
+        raise ValueError(f"config.loss.temperature={cfg.loss.temperature} must be > 0")
+    if cfg.train.num_steps <= 0:
+        raise ValueError(f"config.train.num_steps={cfg.train.num_steps} must be > 0")
+
+
+def load_student(init, dtype: str, remat: bool):
+    """(model, cfg) from one of our model folders or a local HF folder (converted on the fly)."""
+    path = init.model
+    if os.path.exists(os.path.join(path, CONFIG_NAME)):
+        model, mcfg = load_model_dir(path, dtype=dtype, remat=remat)
+        if mcfg.mode != init.mode:
+            raise ValueError(f"config.init.mode={init.mode!r} but {path} holds a {mcfg.mode!r} model")
+        return model, mcfg
+    from bitembed_jax.convert.hf_import import import_hf
+
+    return import_hf(path, mode=init.mode, norm=init.norm, act_bits=init.act_bits, attention=init.attention,
+                     pooling=init.pooling, dtype=dtype, remat=remat)
+
+
+def global_batch(local: dict, shardings: dict):
+    """Each host's slice of the global batch -> global arrays laid out as the step expects."""
+    return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in local.items()
+            if k in shardings}
+
+
+class _Preemption:
+    """SIGTERM (TPU preemption) asks the loop to checkpoint and stop at the next step."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, *_):
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._old)
+
+
+def train(cfg, workdir: str, *, make_pipeline=None, loss_and_grads=None, extra_setup=None):
+    """Run (or resume) a training run in ``workdir``. Returns the final model folder path."""
+    maybe_initialize_distributed()
+    validate_config(cfg, jax.device_count(), jax.process_count())
+    workdir = os.path.abspath(workdir)
+    is_main = jax.process_index() == 0
+    check_or_write_config(workdir, cfg, is_writer=is_main)
+    mesh = make_mesh(cfg.mesh)
+
+    model, mcfg = load_student(cfg.init, cfg.train.dtype, cfg.train.remat)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.init.model)
+    from bitembed_jax.train.data_setup import pipeline_from_config, query_prefix
+
+    pipeline = (make_pipeline or pipeline_from_config)(cfg, workdir, tokenizer, mcfg)
+    graphdef, model_state = nnx.split(model)
+    tx, schedule = make_optimizer(cfg.train)
+    extra = extra_setup(cfg, mesh) if extra_setup else {}
+    fns = make_train_step(cfg, graphdef, model_state, mesh, tx, schedule,
+                          loss_and_grads=loss_and_grads, **extra)
+    ckpt = Checkpointer(workdir, cfg.checkpoint)
+    data_iter = iter(pipeline)
+    start = ckpt.latest_step()
+    if start is not None:
+        abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                fns.abstract_state, fns.state_shardings)
+        state, data_state = ckpt.restore(start, abstract)
+        data_iter.set_state(data_state)
+    else:
+        start = 0
+        state = fns.init(nnx.to_pure_dict(model_state))
+    del model, model_state
+
+    writer = MetricsWriter(workdir, int(cfg.train.num_steps), start)
+    if start:
+        writer.message(f"resumed from step {start} in {ckpt.directory}")
+    preempt = _Preemption()
+    tokens_per_pair = cfg.data.query_max_len + cfg.data.passage_max_len * (1 + cfg.data.num_negatives)
+    last_good = start
+    t0 = time.perf_counter()
+    try:
+        for step in range(start + 1, int(cfg.train.num_steps) + 1):
+            batch = global_batch(next(data_iter), fns.batch_shardings)
+            state, metrics = fns.step(state, batch)
+            metrics = jax.device_get(metrics)
+            if not np.isfinite(metrics["loss"]):
+                raise NonFiniteLoss(f"loss is {metrics['loss']} at step {step}; stopping. The last good "
+                                    f"checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is intact.")
+            last_good = step
+            writer.advance()
+            if step % cfg.train.log_every == 0 or step == cfg.train.num_steps:
+                dt = time.perf_counter() - t0
+                n = cfg.train.log_every if step % cfg.train.log_every == 0 else step % cfg.train.log_every
+                metrics.update(pairs_per_s=n * cfg.train.batch_size / dt,
+                               tokens_per_s=n * cfg.train.batch_size * tokens_per_pair / dt)
+                writer.write(step, metrics)
+                t0 = time.perf_counter()
+            ckpt.save(step, state, data_iter.get_state(), force=preempt.requested)
+            if preempt.requested:
+                writer.message(f"SIGTERM: saved step {step}, stopping")
+                break
+    finally:
+        preempt.restore()
+        ckpt.close()
+        writer.close()
+    if last_good < cfg.train.num_steps:
+        return None
+    final = nnx.merge(graphdef, jax.device_get(state["params"]["model"]))
+    out = os.path.join(workdir, "model")
+    if is_main:
+        save_model_dir(out, final, mcfg, tokenizer_dir=cfg.init.model, overwrite=True,
+                       extra={"prompts": {"query": query_prefix(cfg)}, "train": {"steps": int(cfg.train.num_steps)}})
+        writer.message(f"done: model folder {out}; metrics {os.path.join(workdir, 'metrics.jsonl')}; "
+                       f"TensorBoard {os.path.join(workdir, 'tensorboard')}")
+    return out

@@ -1,0 +1,126 @@
+"""The jitted train step: embed queries/passages/negatives, contrastive loss across the mesh, AdamW update.
+
+``train`` and ``aot`` build the step through ``make_train_step`` so the compiled
+program is the same. State is a plain pytree {params, opt_state, step}; params
+hold the model's parameters as a pure dict and, when learnable, the log inverse
+temperature.
+"""
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from bitembed_jax.losses.contrastive import sharded_info_nce
+from bitembed_jax.models import pool
+from bitembed_jax.parallel.sharding import logical_sharding, state_shardings
+from bitembed_jax.train.grad_cache import grad_cache_step
+
+BATCH_KEYS = ("query_ids", "query_mask", "passage_ids", "passage_mask", "negative_ids", "negative_mask")
+
+
+class StepFns(NamedTuple):
+    init: Callable  # (model params pure dict) -> train state, placed on the mesh
+    step: Callable  # jitted (state, batch) -> (state, metrics)
+    state_shardings: Any
+    batch_shardings: dict
+    abstract_state: Any
+
+
+def make_embed_fn(graphdef, pooling: str):
+    def embed_fn(model_params, inputs):
+        ids, mask = inputs
+        out = nnx.merge(graphdef, model_params)(ids, mask)
+        return pool(out.last_hidden_state, mask, pooling)
+    return embed_fn
+
+
+def temperature_of(params, loss_cfg):
+    if loss_cfg.learnable_temperature:
+        return jnp.exp(-params["log_inv_temperature"])
+    return jnp.asarray(loss_cfg.temperature, jnp.float32)
+
+
+def split_inputs(batch):
+    """(query, passage, negatives) as (ids, mask) pairs; negatives flattened to (b*k, L)."""
+    q = (batch["query_ids"], batch["query_mask"])
+    p = (batch["passage_ids"], batch["passage_mask"])
+    n = None
+    if "negative_ids" in batch:
+        b, k, length = batch["negative_ids"].shape
+        n = (batch["negative_ids"].reshape(b * k, length), batch["negative_mask"].reshape(b * k, length))
+    return q, p, n
+
+
+def contrastive_loss_and_grads(params, batch, *, graphdef, mesh, cfg):
+    """(loss, metrics, grads) for one global batch; GradCache chunking when cfg.loss.num_chunks > 1."""
+    embed_fn = make_embed_fn(graphdef, cfg.init.pooling)
+    q_in, p_in, n_in = split_inputs(batch)
+    k = batch["negative_ids"].shape[1] if n_in is not None else 0
+
+    def loss_on_embeddings(q, p, n, temperature):
+        negs = None if n is None else n.reshape(-1, k, n.shape[-1])
+        return sharded_info_nce(mesh, q, p, negs, temperature=temperature, symmetric=cfg.loss.symmetric)
+
+    if cfg.loss.num_chunks > 1:
+        temp = temperature_of(params, cfg.loss)  # fixed: config validation forbids learnable + chunks
+        loss, aux, grads = grad_cache_step(
+            embed_fn, params["model"], q_in, p_in, n_in,
+            lambda q, p, n: loss_on_embeddings(q, p, n, temp), cfg.loss.num_chunks)
+        return loss, aux, {"model": grads}
+
+    def full_loss(prm):
+        q = embed_fn(prm["model"], q_in)
+        p = embed_fn(prm["model"], p_in)
+        n = None if n_in is None else embed_fn(prm["model"], n_in)
+        return loss_on_embeddings(q, p, n, temperature_of(prm, cfg.loss))
+
+    (loss, aux), grads = jax.value_and_grad(full_loss, has_aux=True)(params)
+    return loss, aux, grads
+
+
+def batch_shardings(mesh, has_negatives: bool):
+    sh = {k: logical_sharding(mesh, ("batch", "length")) for k in BATCH_KEYS[:4]}
+    if has_negatives:
+        sh.update({k: logical_sharding(mesh, ("batch", None, "length")) for k in BATCH_KEYS[4:]})
+    return sh
+
+
+def make_train_step(cfg, graphdef, abstract_model_state, mesh, tx, schedule, *, loss_and_grads=None) -> StepFns:
+    """``abstract_model_state``: the model's nnx.State (abstract is fine: only shapes and axis names are read)."""
+    loss_and_grads = loss_and_grads or contrastive_loss_and_grads
+    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    params_sh = {"model": state_shardings(abstract_model_state, mesh)}
+    if cfg.loss.learnable_temperature:
+        params_sh["log_inv_temperature"] = repl
+
+    def init_fn(model_params):
+        params = {"model": model_params}
+        if cfg.loss.learnable_temperature:
+            params["log_inv_temperature"] = -jnp.log(jnp.asarray(cfg.loss.temperature, jnp.float32))
+        return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+    abs_params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype),
+                              nnx.to_pure_dict(abstract_model_state))
+    abs_state = jax.eval_shape(init_fn, abs_params)
+    # optimizer moments follow their parameters' sharding; counters are replicated
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abs_state["opt_state"], params_sh,
+                                   transform_non_params=lambda _: repl,
+                                   is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
+    state_sh = {"params": params_sh, "opt_state": opt_sh, "step": repl}
+    init = jax.jit(init_fn, out_shardings=state_sh)
+
+    def step_fn(state, batch):
+        loss, aux, grads = loss_and_grads(state["params"], batch, graphdef=graphdef, mesh=mesh, cfg=cfg)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"]),
+                   **aux}
+        if cfg.loss.learnable_temperature:
+            metrics["temperature"] = jnp.exp(-params["log_inv_temperature"])
+        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+    b_sh = batch_shardings(mesh, cfg.data.num_negatives > 0)
+    step = jax.jit(step_fn, in_shardings=(state_sh, b_sh), out_shardings=(state_sh, repl), donate_argnums=0)
+    return StepFns(init, step, state_sh, b_sh, abs_state)

@@ -1,0 +1,64 @@
+"""Encoder API and the convert / encode commands, as a user runs them."""
+import numpy as np
+import pytest
+
+from bitembed_jax import Encoder
+from bitembed_jax.cli import main
+
+TEXTS = ["sentence number 3 about topic 1", "alpha beta gamma", "delta", "topic 5 with words alpha",
+         "words words words", "sentence number 9"]
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tiny_qwen3, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("enc") / "bitnet")
+    assert main(["convert", "--hf", tiny_qwen3, "--out", out, "--bitnet"]) == 0
+    return out
+
+
+def test_encode_unit_vectors_and_batch_invariance(encoder_dir):
+    enc = Encoder.from_pretrained(encoder_dir)
+    assert enc.cfg.mode == "bitnet" and enc.cfg.norm == "per_linear"
+    a = enc.encode(TEXTS, batch_size=4)
+    b = enc.encode(TEXTS, batch_size=1)
+    assert a.shape == (6, 64) and a.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert not np.allclose(a[0], a[1])
+
+
+def test_encode_equals_model_forward(encoder_dir):
+    """The Encoder's vectors are the pooled last-token (EOS) state of the model."""
+    import jax.numpy as jnp
+
+    from bitembed_jax.io.model_dir import load_model_dir
+    from bitembed_jax.models import embed
+
+    enc = Encoder.from_pretrained(encoder_dir)
+    model, _ = load_model_dir(encoder_dir)
+    ids = enc.tokenizer(TEXTS[:2])["input_ids"]
+    eos = enc.tokenizer.eos_token_id
+    width = max(len(x) for x in ids) + 1
+    arr = np.zeros((2, width), np.int32)
+    mask = np.zeros((2, width), np.int32)
+    for i, x in enumerate(ids):
+        arr[i, : len(x) + 1] = x + [eos]
+        mask[i, : len(x) + 1] = 1
+    want = np.asarray(embed(model, jnp.asarray(arr), jnp.asarray(mask)))
+    np.testing.assert_allclose(enc.encode(TEXTS[:2]), want, atol=1e-5)
+
+
+def test_cli_encode(encoder_dir, tmp_path, capsys):
+    inp = tmp_path / "texts.txt"
+    inp.write_text("\n".join(TEXTS) + "\n")
+    out = tmp_path / "vecs.npy"
+    assert main(["encode", "--model", encoder_dir, "--input", str(inp), "--out", str(out)]) == 0
+    vecs = np.load(out)
+    np.testing.assert_allclose(vecs, Encoder.from_pretrained(encoder_dir).encode(TEXTS), atol=1e-5)
+    with pytest.raises(SystemExit, match="--overwrite"):
+        main(["encode", "--model", encoder_dir, "--input", str(inp), "--out", str(out)])
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["convert", "--hf", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "nope/config.json not found" in capsys.readouterr().err
