@@ -1,0 +1,191 @@
+"""Grain input pipeline: a built pairs dataset -> fixed-shape token batches for contrastive training.
+
+Order of operations (all index-based, so the whole pipeline is a pure function of the step and the
+iterator state is just a position):
+
+  source -> shuffle(seed) -> drop the epoch remainder -> pick k negatives -> batch(local) ->
+  this host's local batches -> repeat -> tokenize/pad
+
+Global batch ``s`` of an epoch is the shuffled records ``[s*G, (s+1)*G)``; host ``h`` of ``n``
+gets the contiguous slice ``[s*G + h*G/n, s*G + (h+1)*G/n)``, so the hosts' local batches are
+disjoint and, concatenated in host order, form the global batch. Every epoch is reshuffled.
+
+Hard negatives: ``num_negatives=k`` takes k of a record's own negatives (sampled per epoch); a record
+with fewer repeats its list to fill k. A record with none cannot be filled, so the constructor raises
+if the split has any such record (the build records the counts): train with ``num_negatives=0``
+(in-batch negatives only) or add negatives to the data.
+"""
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from bitembed_jax.data import tfds_builder
+
+DEFAULT_QUERY_TEMPLATE = "Instruct: {instruction}\nQuery: {query}"
+
+
+def _text(x: Any) -> str:
+    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+class _PickNegatives(grain.transforms.RandomMap):
+    """Decode a stored record and choose its ``k`` negatives with the per-element RNG grain provides."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+        out = {"query": _text(element["query"]), "positive": _text(element["positive"])}
+        if self.k:
+            pool = [_text(n) for n in element["negatives"]]  # never empty: PairPipeline checks the build stats
+            order = rng.permutation(len(pool))
+            out["negatives"] = [pool[order[i % len(pool)]] for i in range(self.k)]
+        return out
+
+
+class Tokenize:
+    """Texts -> right-padded int32 ids and masks of a fixed length (static shapes for jit).
+
+    With ``add_eos`` every sequence ends in EOS (last-token pooling reads it): it is appended unless
+    the tokenizer already adds it, and truncation keeps room for it.
+    """
+
+    def __init__(self, tokenizer, *, add_eos: bool = True):
+        self.tokenizer = tokenizer
+        self.add_eos = add_eos
+        if add_eos and tokenizer.eos_token_id is None:
+            raise ValueError("add_eos=True but the tokenizer has no eos_token; set one or pass add_eos=False")
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out anyway
+        probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+        self.tokenizer_adds_eos = bool(probe) and probe[-1] == self.eos_id
+
+    def __call__(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        # no truncation=... here: it mutates the shared Rust tokenizer, which fails under grain's threads
+        encoded = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        ids = np.full((len(texts), max_len), self.pad_id, np.int32)
+        mask = np.zeros((len(texts), max_len), np.int32)
+        for row, seq in enumerate(encoded):
+            if self.add_eos:
+                if self.tokenizer_adds_eos:
+                    seq = seq[:-1]
+                seq = list(seq[:max_len - 1]) + [self.eos_id]
+            else:
+                seq = seq[:max_len]
+            ids[row, :len(seq)] = seq
+            mask[row, :len(seq)] = 1
+        return ids, mask
+
+
+def _allow_unparsed_absl_flags() -> None:
+    # grain 0.2.18's multiprocess prefetch reads an absl flag, which raises in programs that never
+    # parse absl flags (anything not started by absl.app), when JAX is installed: google/grain#1355
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+class PairPipeline:
+    """Iterable of per-host batches from a dataset built by :func:`build_dataset`.
+
+    Each batch is a dict of int32 numpy arrays (b = global_batch_size // shard_count)::
+
+        query_ids, query_mask          (b, max_query_len)
+        passage_ids, passage_mask      (b, max_passage_len)
+        negative_ids, negative_mask    (b, num_negatives, max_passage_len)   only if num_negatives > 0
+
+    ``iter(pipeline)`` returns a grain DatasetIterator: save ``it.get_state()`` with the model and
+    ``it.set_state(state)`` on a fresh iterator to continue with exactly the same batches.
+
+    Args (beyond the shapes above):
+      data_dir: a folder written by ``build_dataset``; ``split`` one of its splits.
+      tokenizer: a Hugging Face tokenizer object (``AutoTokenizer.from_pretrained(...)``).
+      seed, shuffle: the record order is a seeded permutation, different every epoch.
+      num_epochs: None repeats forever; a number ends the iterator after that many epochs.
+      shard_index, shard_count: ``jax.process_index()``, ``jax.process_count()``; every host builds the
+        same pipeline and keeps its own ``global_batch_size // shard_count`` rows of each global batch.
+      instruction, query_template: queries become ``query_template.format(instruction=..., query=...)``
+        when ``instruction`` is set; truncation keeps the head, so leave room for the instruction.
+      add_eos: end every sequence with EOS (see :class:`Tokenize`).
+      worker_count: grain worker processes for tokenization (0: threads in this process).
+      read_threads, prefetch_batches: threads and read-ahead (in local batches) per process.
+    """
+
+    def __init__(self, data_dir: str, tokenizer, *, global_batch_size: int, max_query_len: int = 64,
+                 max_passage_len: int = 256, num_negatives: int = 0, split: str = "train", seed: int = 0,
+                 shuffle: bool = True, num_epochs: int | None = None, shard_index: int = 0, shard_count: int = 1,
+                 instruction: str | None = None, query_template: str = DEFAULT_QUERY_TEMPLATE,
+                 add_eos: bool = True, worker_count: int = 0, read_threads: int = 4, prefetch_batches: int = 8):
+        if not 0 <= shard_index < shard_count:
+            raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
+        if global_batch_size <= 0 or global_batch_size % shard_count:
+            raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of "
+                             f"shard_count={shard_count}")
+        if min(max_query_len, max_passage_len) < (2 if add_eos else 1):
+            raise ValueError("max_query_len and max_passage_len must leave room for text (and EOS)")
+        if num_negatives < 0:
+            raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
+        if instruction is not None and "{query}" not in query_template:
+            raise ValueError(f"query_template must contain '{{query}}', got {query_template!r}")
+        stats = tfds_builder.load_metadata(data_dir)["splits"]
+        if split not in stats:
+            raise ValueError(f"split {split!r} not in {data_dir} (has {sorted(stats)})")
+        if num_negatives and stats[split]["without_negatives"]:
+            raise ValueError(
+                f"num_negatives={num_negatives} but {stats[split]['without_negatives']} of "
+                f"{stats[split]['count']} records in {data_dir} [{split}] have no negatives; "
+                "use num_negatives=0 (in-batch negatives only) or add negatives to those records")
+        self.num_records = stats[split]["count"]
+        self.steps_per_epoch = self.num_records // global_batch_size  # the epoch remainder is dropped
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{self.num_records} records in [{split}] is less than one global batch "
+                             f"of {global_batch_size}")
+        self.local_batch_size = global_batch_size // shard_count
+        self._source = tfds.builder_from_directory(data_dir).as_data_source(split)
+        self._tokenize = Tokenize(tokenizer, add_eos=add_eos)
+        self._cfg = dict(global_batch_size=global_batch_size, max_query_len=max_query_len,
+                         max_passage_len=max_passage_len, num_negatives=num_negatives, seed=seed, shuffle=shuffle,
+                         num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count,
+                         instruction=instruction, query_template=query_template, worker_count=worker_count,
+                         read_threads=read_threads, prefetch_batches=prefetch_batches)
+
+    def _format_query(self, query: str) -> str:
+        c = self._cfg
+        if c["instruction"] is None:
+            return query
+        return c["query_template"].format(instruction=c["instruction"], query=query)
+
+    def _to_arrays(self, rows: list[dict]) -> dict[str, np.ndarray]:
+        c = self._cfg
+        q_ids, q_mask = self._tokenize([self._format_query(r["query"]) for r in rows], c["max_query_len"])
+        p_ids, p_mask = self._tokenize([r["positive"] for r in rows], c["max_passage_len"])
+        batch = {"query_ids": q_ids, "query_mask": q_mask, "passage_ids": p_ids, "passage_mask": p_mask}
+        k = c["num_negatives"]
+        if k:
+            n_ids, n_mask = self._tokenize([n for r in rows for n in r["negatives"]], c["max_passage_len"])
+            batch["negative_ids"] = n_ids.reshape(len(rows), k, -1)
+            batch["negative_mask"] = n_mask.reshape(len(rows), k, -1)
+        return batch
+
+    def dataset(self) -> grain.IterDataset:
+        c = self._cfg
+        ds = grain.MapDataset.source(self._source)
+        if c["shuffle"]:
+            ds = ds.shuffle(seed=c["seed"])
+        ds = ds[:self.steps_per_epoch * c["global_batch_size"]]
+        ds = ds.random_map(_PickNegatives(c["num_negatives"]), seed=c["seed"])
+        ds = ds.batch(self.local_batch_size, drop_remainder=True, batch_fn=list)
+        ds = ds[c["shard_index"]::c["shard_count"]]  # local batch h of each global batch
+        ds = ds.repeat(c["num_epochs"]).map(self._to_arrays)
+        # grain's default read-ahead (500 elements, here whole batches) would hold gigabytes of tokens
+        it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=c["read_threads"],
+                                                     prefetch_buffer_size=c["prefetch_batches"]))
+        if c["worker_count"]:
+            _allow_unparsed_absl_flags()
+            it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=c["worker_count"]))
+        return it_ds
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return iter(self.dataset())
