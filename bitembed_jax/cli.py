@@ -1,5 +1,6 @@
 """The ``bitembed-jax`` command line."""
 import argparse
+import json
 import os
 import sys
 
@@ -45,6 +46,24 @@ def _train(args, overrides):
         print(f"trained model folder: {out}")
 
 
+def _aot(args, overrides):
+    from bitembed_jax.config_loader import apply_overrides, load_config_file
+    from bitembed_jax.train.aot import compile_step, format_report, report, topology_devices
+
+    cfg = apply_overrides(load_config_file(args.config), overrides)
+    devices = topology_devices(args.topology)
+    compiled, _ = compile_step(cfg, devices)
+    r = report(compiled, args.topology, len(devices), args.step_time)
+    print(format_report(r))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=2)
+    if not r["fits"]:
+        raise SystemExit(f"the step needs {r['total_gib']:.2f} GiB per chip, more than the {r['hbm_gib']:.0f} GiB "
+                         f"of {args.topology}: raise config.loss.num_chunks, turn on config.train.remat, "
+                         f"use more fsdp, or a smaller batch")
+
+
 def _make_tiny(args):
     from bitembed_jax.io.model_dir import check_writable
     from bitembed_jax.testing.tiny_hf import make_tiny_hf
@@ -86,6 +105,13 @@ def build_parser():
     t.add_argument("--workdir", required=True, help="checkpoints, metrics and the final model go here")
     t.add_argument("--init-from", default=None, help="shorthand for --config.init.model")
     t.set_defaults(func=_train, takes_overrides=True)
+
+    a = sub.add_parser("aot", help="compile the real train step for a TPU topology and report per-chip memory")
+    a.add_argument("--config", required=True)
+    a.add_argument("--topology", required=True, help="e.g. v5e:16x16, v4:4x4x4, v5p:8x8x8")
+    a.add_argument("--step-time", type=float, default=None, help="seconds per step, for the MFU estimate")
+    a.add_argument("--json", default=None, help="also write the report as JSON here")
+    a.set_defaults(func=_aot, takes_overrides=True)
 
     m = sub.add_parser("make-tiny", help="write a tiny random HF checkpoint + tokenizer (quickstart, tests)")
     m.add_argument("--arch", default="qwen3", choices=["qwen3", "gemma3"])

@@ -1,0 +1,116 @@
+"""``bitembed-jax aot``: compile the real train step for a TPU topology on a CPU-only machine.
+
+No parameter is allocated: the model, optimizer state and batch are abstract
+shapes with the real shardings; ``jax.experimental.topologies`` describes the
+pod and XLA's TPU compiler (libtpu) reports per-chip memory and FLOPs.
+"""
+import json
+import os
+
+import jax
+from flax import nnx
+
+from bitembed_jax.io.model_dir import CONFIG_NAME, abstract_model, read_config
+from bitembed_jax.models.presets import PRESETS
+from bitembed_jax.parallel.mesh import make_mesh
+from bitembed_jax.train.loop import validate_config
+from bitembed_jax.train.optimizer import make_optimizer
+from bitembed_jax.train.step import BATCH_KEYS, make_train_step
+
+GIB = 1024 ** 3
+# per-chip HBM and peak bf16 FLOP/s of the TPU generations users rent
+CHIPS = {
+    "v4": (32 * GIB, 275e12),
+    "v5e": (16 * GIB, 197e12),
+    "v5p": (95 * GIB, 459e12),
+    "v6e": (32 * GIB, 918e12),
+}
+
+
+def model_config_for(cfg):
+    """The student's ModelConfig from a local folder, or from a preset when init.model is a known HF id."""
+    from bitembed_jax.convert.hf_import import model_config_from_hf
+
+    path, init = cfg.init.model, cfg.init
+    opts = dict(mode=init.mode, norm=init.norm, act_bits=init.act_bits, attention=init.attention,
+                pooling=init.pooling, dtype=cfg.train.dtype, remat=cfg.train.remat)
+    if os.path.exists(os.path.join(path, CONFIG_NAME)):
+        mcfg, _ = read_config(path)
+        return mcfg.replace(dtype=cfg.train.dtype, remat=cfg.train.remat)
+    if os.path.exists(os.path.join(path, "config.json")):
+        with open(os.path.join(path, "config.json")) as f:
+            return model_config_from_hf(json.load(f), os.path.join(path, "config.json"), **opts)
+    if path in PRESETS:
+        return model_config_from_hf(dict(PRESETS[path]), f"preset {path}", **opts)
+    raise ValueError(f"config.init.model={path!r}: not a local folder and not one of the presets {sorted(PRESETS)}")
+
+
+def chip_of(topology: str) -> str:
+    gen = topology.split(":")[0].split("-")[0].lower()
+    if gen not in CHIPS:
+        raise ValueError(f"topology {topology!r}: unknown TPU generation {gen!r}; known: {sorted(CHIPS)}")
+    return gen
+
+
+def abstract_batch(cfg, shardings):
+    b, lq, lp, k = (int(cfg.train.batch_size), int(cfg.data.query_max_len), int(cfg.data.passage_max_len),
+                    int(cfg.data.num_negatives))
+    shapes = {"query_ids": (b, lq), "query_mask": (b, lq), "passage_ids": (b, lp), "passage_mask": (b, lp),
+              "negative_ids": (b, k, lp), "negative_mask": (b, k, lp)}
+    return {key: jax.ShapeDtypeStruct(shapes[key], jax.numpy.int32, sharding=shardings[key])
+            for key in BATCH_KEYS if key in shardings}
+
+
+def compile_step(cfg, devices, *, loss_and_grads=None, extra_setup=None):
+    """Lower and compile the train step for ``devices`` (real or from a topology description)."""
+    validate_config(cfg, len(devices), check_paths=False)
+    mesh = make_mesh(cfg.mesh, devices)
+    mcfg = model_config_for(cfg)
+    graphdef, abs_state = nnx.split(abstract_model(mcfg))
+    tx, schedule = make_optimizer(cfg.train)
+    extra = extra_setup(cfg, mesh) if extra_setup else {}
+    fns = make_train_step(cfg, graphdef, abs_state, mesh, tx, schedule, loss_and_grads=loss_and_grads, **extra)
+    state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                         fns.abstract_state, fns.state_shardings)
+    lowered = fns.step.lower(state, abstract_batch(cfg, fns.batch_shardings))
+    return lowered.compile(), mcfg
+
+
+def report(compiled, topology: str, num_chips: int, step_time_s: float | None = None) -> dict:
+    hbm, peak = CHIPS[chip_of(topology)]
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    args, temp, out = mem.argument_size_in_bytes, mem.temp_size_in_bytes, mem.output_size_in_bytes
+    alias = getattr(mem, "alias_size_in_bytes", 0)
+    total = args + temp + out - alias + getattr(mem, "generated_code_size_in_bytes", 0)
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    r = {"topology": topology, "chips": num_chips, "argument_gib": args / GIB, "temp_gib": temp / GIB,
+         "output_gib": out / GIB, "alias_gib": alias / GIB, "total_gib": total / GIB, "hbm_gib": hbm / GIB,
+         "fits": total <= hbm, "flops_per_chip": flops}
+    if step_time_s:
+        r["mfu"] = flops / step_time_s / peak
+    return r
+
+
+def topology_devices(topology: str):
+    from jax.experimental import topologies
+
+    try:
+        return topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
+    except Exception as e:
+        raise RuntimeError(f"cannot describe TPU topology {topology!r} ({e}); AOT compilation needs libtpu: "
+                           f"pip install \"jax[tpu]\"") from e
+
+
+def format_report(r: dict) -> str:
+    lines = [f"topology {r['topology']} ({r['chips']} chips), per chip:",
+             f"  arguments   {r['argument_gib']:8.2f} GiB",
+             f"  temporaries {r['temp_gib']:8.2f} GiB",
+             f"  outputs     {r['output_gib']:8.2f} GiB (aliased with arguments: {r['alias_gib']:.2f} GiB)",
+             f"  total       {r['total_gib']:8.2f} GiB of {r['hbm_gib']:.0f} GiB HBM -> "
+             + ("fits" if r["fits"] else "DOES NOT FIT"),
+             f"  FLOPs/step  {r['flops_per_chip']:.3e} per chip"]
+    if "mfu" in r:
+        lines.append(f"  MFU at the given step time: {100 * r['mfu']:.1f}%")
+    return "\n".join(lines)
