@@ -7,9 +7,11 @@ the keys that differ.
 """
 import base64
 import json
-import os
 
 import orbax.checkpoint as ocp
+from etils import epath
+
+from bitembed_jax.io import paths
 
 CONFIG_FILE = "config.json"
 # keys that may change between a run and its resumption: they don't change what is being trained
@@ -33,11 +35,10 @@ def config_dict(cfg) -> dict:
 
 def check_or_write_config(workdir: str, cfg, *, is_writer: bool = True):
     """First run: store the config. Later runs: refuse when a training-relevant key differs."""
-    path = os.path.join(workdir, CONFIG_FILE)
+    path = paths.join(workdir, CONFIG_FILE)
     current = config_dict(cfg)
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+    if paths.exists(path):
+        saved = json.loads(epath.Path(path).read_text())
         a, b = _flatten(saved), _flatten(current)
         diff = sorted(k for k in set(a) | set(b)
                       if a.get(k, "<absent>") != b.get(k, "<absent>") and not k.startswith(RESUMABLE_PREFIXES))
@@ -46,11 +47,8 @@ def check_or_write_config(workdir: str, cfg, *, is_writer: bool = True):
             raise ValueError(f"{workdir} holds a run with a different config; refusing to resume "
                              f"(use a new --workdir):\n" + "\n".join(lines))
     if is_writer:
-        os.makedirs(workdir, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(current, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        paths.write_text_atomic(path, json.dumps(current, indent=2, sort_keys=True))
 
 
 def _encode_data_state(state):
@@ -70,7 +68,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=int(ckpt_cfg.keep), save_interval_steps=int(ckpt_cfg.every_steps),
             enable_async_checkpointing=bool(ckpt_cfg.async_save), create=True)
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.directory = paths.join(paths.absolute(workdir), "checkpoints")
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self):

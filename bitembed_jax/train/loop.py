@@ -7,6 +7,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from bitembed_jax.io import paths
 from bitembed_jax.io.model_dir import CONFIG_NAME, load_model_dir, save_model_dir
 from bitembed_jax.parallel.mesh import make_mesh, maybe_initialize_distributed, mesh_shape
 from bitembed_jax.train.checkpoint import Checkpointer, check_or_write_config
@@ -19,17 +20,18 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def validate_config(cfg, num_devices: int, num_processes: int = 1):
+def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: bool = True):
     """Cheap checks before anything is compiled or trained; each error names its config key."""
-    if not cfg.init.model:
-        raise ValueError("config.init.model is empty: give a local HF folder or a bitembed-jax model folder")
-    if not os.path.isdir(cfg.init.model):
-        raise FileNotFoundError(f"config.init.model={cfg.init.model!r} is not a local folder")
-    if not cfg.data.train_files:
-        raise ValueError("config.data.train_files is empty")
-    for f in cfg.data.train_files:
-        if not f.startswith("gs://") and not os.path.exists(f):
-            raise FileNotFoundError(f"config.data.train_files: {f} not found")
+    if check_paths:
+        if not cfg.init.model:
+            raise ValueError("config.init.model is empty: give a local HF folder or a bitembed-jax model folder")
+        if not os.path.isdir(cfg.init.model):
+            raise FileNotFoundError(f"config.init.model={cfg.init.model!r} is not a local folder")
+        if not cfg.data.train_files:
+            raise ValueError("config.data.train_files is empty")
+        for f in cfg.data.train_files:
+            if not f.startswith("gs://") and not os.path.exists(f):
+                raise FileNotFoundError(f"config.data.train_files: {f} not found")
     data, fsdp, _ = mesh_shape(cfg.mesh, num_devices)
     bs, chunks = int(cfg.train.batch_size), int(cfg.loss.num_chunks)
     if bs <= 0 or bs % (data * fsdp):
@@ -83,14 +85,18 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._old)
 
 
-def train(cfg, workdir: str, *, make_pipeline=None, loss_and_grads=None, extra_setup=None):
-    """Run (or resume) a training run in ``workdir``. Returns the final model folder path."""
+def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads=None, extra_setup=None):
+    """Run (or resume) a training run in ``workdir``; returns the final model folder (None if stopped early).
+
+    ``devices`` restricts the mesh to some local devices (tests compare meshes in one process).
+    """
     maybe_initialize_distributed()
-    validate_config(cfg, jax.device_count(), jax.process_count())
-    workdir = os.path.abspath(workdir)
+    devices = list(devices) if devices is not None else jax.devices()
+    validate_config(cfg, len(devices), jax.process_count())
+    workdir = paths.absolute(workdir)
     is_main = jax.process_index() == 0
     check_or_write_config(workdir, cfg, is_writer=is_main)
-    mesh = make_mesh(cfg.mesh)
+    mesh = make_mesh(cfg.mesh, devices)
 
     model, mcfg = load_student(cfg.init, cfg.train.dtype, cfg.train.remat)
     from transformers import AutoTokenizer

@@ -7,6 +7,8 @@ import os
 
 import jax
 
+from bitembed_jax.io import paths
+
 
 class MetricsWriter:
     def __init__(self, workdir: str, total_steps: int, start_step: int = 0, enabled: bool | None = None):
@@ -17,8 +19,10 @@ class MetricsWriter:
         from tensorboardX import SummaryWriter
         from tqdm import tqdm
 
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        # object stores have no append: a remote workdir gets a local metrics.jsonl beside the process
+        jsonl = "metrics.jsonl" if paths.is_remote(workdir) else os.path.join(workdir, "metrics.jsonl")
+        self._jsonl = open(jsonl, "a", buffering=1)
+        self._tb = SummaryWriter(paths.join(workdir, "tensorboard"))
         self._bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
 
     def write(self, step: int, metrics: dict):

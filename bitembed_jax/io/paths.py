@@ -1,0 +1,32 @@
+"""Paths that may be local or remote (``gs://...``): orbax and etils.epath handle the remote ones."""
+import os
+
+from etils import epath
+
+
+def is_remote(path: str) -> bool:
+    return "://" in str(path)
+
+
+def absolute(path: str) -> str:
+    """os.path.abspath for local paths; URLs are returned unchanged (abspath would mangle ``gs://``)."""
+    return str(path) if is_remote(path) else os.path.abspath(path)
+
+
+def join(path: str, *parts: str) -> str:
+    return str(epath.Path(path).joinpath(*parts)) if is_remote(path) else os.path.join(path, *parts)
+
+
+def exists(path: str) -> bool:
+    return epath.Path(path).exists()
+
+
+def write_text_atomic(path: str, text: str):
+    """Local: write a sibling temp file and rename. Remote object stores make a single write atomic already."""
+    if is_remote(path):
+        epath.Path(path).write_text(text)
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,81 @@
+"""kill -9 after a checkpoint, restart the same command: the loss sequence equals an uninterrupted run's."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bitembed_jax.convert.hf_import import convert
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def bitnet_dir(tiny_qwen3, tmp_path_factory):
+    return convert(tiny_qwen3, str(tmp_path_factory.mktemp("enc") / "bitnet"), mode="bitnet")
+
+
+def command(model_dir, workdir):
+    return [sys.executable, "-m", "bitembed_jax.cli", "train", "--config", os.path.join(ROOT, "configs", "quickstart.py"),
+            "--workdir", workdir, "--init-from", model_dir, "--config.train.batch_size=16",
+            f"--config.train.num_steps={STEPS}", "--config.train.log_every=1", "--config.checkpoint.every_steps=3",
+            "--config.mesh.data=8"]
+
+
+def env():
+    e = dict(os.environ)
+    e["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    return e
+
+
+def losses(workdir):
+    rows = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            r = json.loads(line)
+            rows[r["step"]] = r["loss"]
+    return rows
+
+
+def finished_steps(workdir):
+    d = os.path.join(workdir, "checkpoints")
+    return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
+def test_sigkill_and_resume_same_losses(bitnet_dir, tmp_path):
+    ref = str(tmp_path / "ref")
+    subprocess.run(command(bitnet_dir, ref), check=True, env=env(), cwd=ROOT, capture_output=True)
+    wd = str(tmp_path / "killed")
+    proc = subprocess.Popen(command(bitnet_dir, wd), env=env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not finished_steps(wd) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = finished_steps(wd)
+    assert saved and saved[-1] < STEPS, f"killed too late to test resumption: {saved}"
+    subprocess.run(command(bitnet_dir, wd), check=True, env=env(), cwd=ROOT, capture_output=True)
+    want, got = losses(ref), losses(wd)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    assert [got[s] for s in range(saved[-1] + 1, STEPS + 1)] == [want[s] for s in range(saved[-1] + 1, STEPS + 1)]
+    assert os.path.exists(os.path.join(wd, "model", "bitembed_config.json"))
+
+
+def test_sigterm_saves_and_stops(bitnet_dir, tmp_path):
+    wd = str(tmp_path / "term")
+    cmd = command(bitnet_dir, wd) + ["--config.train.num_steps=400", "--config.checkpoint.every_steps=1000"]
+    proc = subprocess.Popen(cmd, env=env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(wd, "metrics.jsonl")
+    deadline = time.time() + 300
+    while (not os.path.exists(metrics) or os.path.getsize(metrics) == 0) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    saved = finished_steps(wd)
+    assert saved and saved[-1] < 400 and f"SIGTERM: saved step {saved[-1]}" in out
