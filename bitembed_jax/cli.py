@@ -41,6 +41,8 @@ def _train(args, overrides):
     cfg = apply_overrides(load_config_file(args.config), overrides)
     if args.init_from:
         cfg.init.model = args.init_from
+    if args.teacher:
+        cfg.teacher.model = args.teacher
     out = train(cfg, args.workdir)
     if out:
         print(f"trained model folder: {out}")
@@ -103,7 +105,9 @@ def build_parser():
     t = sub.add_parser("train", help="contrastive training (extra --config.KEY=VALUE args override the config)")
     t.add_argument("--config", required=True, help="a configs/*.py file")
     t.add_argument("--workdir", required=True, help="checkpoints, metrics and the final model go here")
-    t.add_argument("--init-from", default=None, help="shorthand for --config.init.model")
+    t.add_argument("--init-from", default=None,
+                   help="shorthand for --config.init.model (an HF folder, a model folder or a training workdir)")
+    t.add_argument("--teacher", default=None, help="shorthand for --config.teacher.model (fine-tuning)")
     t.set_defaults(func=_train, takes_overrides=True)
 
     a = sub.add_parser("aot", help="compile the real train step for a TPU topology and report per-chip memory")

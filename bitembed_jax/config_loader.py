@@ -34,8 +34,10 @@ def _parse(value: str, current):
             return low == "true"
     if isinstance(current, float) and isinstance(parsed, int) and not isinstance(parsed, bool):
         return float(parsed)
-    if isinstance(current, (list, tuple)) and isinstance(parsed, str):
-        return [v for v in parsed.split(",") if v]
+    if isinstance(current, (list, tuple)):
+        if isinstance(parsed, str):
+            return [v for v in parsed.split(",") if v]
+        return list(parsed) if isinstance(parsed, (list, tuple)) else [parsed]
     return parsed
 
 

@@ -30,6 +30,21 @@ def get_config():
     c.loss.learnable_temperature = False
     c.loss.symmetric = False
     c.loss.num_chunks = 1  # GradCache chunks per step (1 = no chunking)
+    # output-vector precisions trained jointly (weight per precision): fp32 int8 int4 int2 binary
+    c.loss.precisions = ml_collections.ConfigDict({"fp32": 1.0, "int8": 0.0, "int4": 0.0, "int2": 0.0, "binary": 0.0})
+    c.loss.matryoshka_dims = [0]  # 0 = the full dimension; e.g. [0, 512, 256, 128]
+
+    # fine-tuning: the frozen full-precision teacher and the distillation terms
+    c.teacher = ml_collections.ConfigDict()
+    c.teacher.model = ""  # local HF folder or one of our fp model folders
+    c.distill = ml_collections.ConfigDict()
+    c.distill.sim_weight = 0.0  # alpha: similarity-distribution KL
+    c.distill.attn_weight = 0.0  # beta: attention-relation KL
+    c.distill.tau_student = 0.02
+    c.distill.tau_teacher = 0.02
+    c.distill.relation_heads = 8
+    c.distill.student_layer = -1
+    c.distill.teacher_layer = -1
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 256  # global, across all hosts and devices

@@ -13,7 +13,7 @@ from flax import nnx
 from bitembed_jax.io.model_dir import CONFIG_NAME, abstract_model, read_config
 from bitembed_jax.models.presets import PRESETS
 from bitembed_jax.parallel.mesh import make_mesh
-from bitembed_jax.train.loop import validate_config
+from bitembed_jax.train.loop import uses_teacher, validate_config
 from bitembed_jax.train.optimizer import make_optimizer
 from bitembed_jax.train.step import BATCH_KEYS, make_train_step
 
@@ -61,18 +61,31 @@ def abstract_batch(cfg, shardings):
             for key in BATCH_KEYS if key in shardings}
 
 
-def compile_step(cfg, devices, *, loss_and_grads=None, extra_setup=None):
-    """Lower and compile the train step for ``devices`` (real or from a topology description)."""
+def _abstract(tree, shardings):
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree, shardings)
+
+
+def compile_step(cfg, devices):
+    """Lower and compile the train step (with the teacher for fine-tuning configs) for ``devices``."""
     validate_config(cfg, len(devices), check_paths=False)
     mesh = make_mesh(cfg.mesh, devices)
     mcfg = model_config_for(cfg)
     graphdef, abs_state = nnx.split(abstract_model(mcfg))
     tx, schedule = make_optimizer(cfg.train)
-    extra = extra_setup(cfg, mesh) if extra_setup else {}
-    fns = make_train_step(cfg, graphdef, abs_state, mesh, tx, schedule, loss_and_grads=loss_and_grads, **extra)
-    state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                         fns.abstract_state, fns.state_shardings)
-    lowered = fns.step.lower(state, abstract_batch(cfg, fns.batch_shardings))
+    if uses_teacher(cfg):
+        from bitembed_jax.train.finetune import finetune_loss_and_grads
+
+        # the teacher is the fp model of the same architecture
+        t_graphdef, t_state = nnx.split(abstract_model(mcfg.replace(mode="fp")))
+        fns = make_train_step(cfg, graphdef, abs_state, mesh, tx, schedule, loss_and_grads=finetune_loss_and_grads,
+                              teacher=(t_graphdef, t_state))
+        t_abs = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), nnx.to_pure_dict(t_state))
+        extra = (_abstract(t_abs, fns.teacher_shardings),)
+    else:
+        fns = make_train_step(cfg, graphdef, abs_state, mesh, tx, schedule)
+        extra = ()
+    state = _abstract(fns.abstract_state, fns.state_shardings)
+    lowered = fns.step.lower(state, abstract_batch(cfg, fns.batch_shardings), *extra)
     return lowered.compile(), mcfg
 
 

@@ -1,66 +1,83 @@
 """GradCache: a contrastive step whose global batch exceeds what fits in memory.
 
-1. embed every chunk without keeping activations; 2. gradient of the loss with
-respect to the embeddings (the loss sees the whole batch); 3. re-run each chunk
-and back-propagate its embedding gradient into the parameters (lax.scan, one
-chunk's activations alive at a time). Gradients equal the unchunked ones.
+1. embed every chunk without keeping activations (lax.map, no autodiff);
+2. gradient of the loss with respect to the embeddings (the loss sees the whole batch);
+3. re-run each chunk under jax.vjp and back-propagate its embedding gradient
+   into the parameters (lax.scan: one chunk's activations alive at a time).
+Gradients equal the unchunked ``jax.value_and_grad`` ones up to float summation order.
 """
 import jax
 import jax.numpy as jnp
 
 
 def _split(x, c: int):
-    """(B, ...) -> (c, B/c, ...), row i into chunk i % c.
+    """(B, ...) -> (c, B/c, ...) with row i in chunk i % c.
 
-    Strided, not contiguous: with the batch sharded in contiguous blocks over
-    devices, every chunk then takes the same number of rows from every device.
+    Strided, not contiguous: the batch is sharded over devices in contiguous
+    blocks, so a contiguous split would put whole chunks on a few devices (and
+    force XLA to reshard). Taking every c-th row keeps each chunk's rows spread
+    evenly over all devices: (B, ...) -> (B/c, c, ...) leaves the sharded dim
+    leading, and the scan walks the unsharded one.
     """
-    b = x.shape[0]
-    return jnp.swapaxes(x.reshape(b // c, c, *x.shape[1:]), 0, 1)
+    return jnp.swapaxes(x.reshape(x.shape[0] // c, c, *x.shape[1:]), 0, 1)
 
 
 def _merge(x):
+    """Inverse of _split: (c, B/c, ...) -> (B, ...)."""
     c, m = x.shape[:2]
     return jnp.swapaxes(x, 0, 1).reshape(c * m, *x.shape[2:])
 
 
-def _check(inputs, c, name):
-    b = jax.tree.leaves(inputs)[0].shape[0]
+def _check(inputs, c: int, name: str):
+    sizes = {a.shape[0] for a in jax.tree.leaves(inputs)}
+    if len(sizes) != 1:
+        raise ValueError(f"GradCache: {name} inputs have different leading (batch) sizes {sorted(sizes)}")
+    (b,) = sizes
     if b % c:
         raise ValueError(f"GradCache: {name} batch {b} is not divisible by num_chunks={c}")
 
 
-def _embed_all(embed_fn, params, inputs, c):
+def _embed_all(embed_fn, params, inputs, c: int):
     frozen = jax.lax.stop_gradient(params)
-    out = jax.lax.map(lambda x: embed_fn(frozen, x), jax.tree.map(lambda a: _split(a, c), inputs))
-    return jax.tree.map(_merge, out)
+    chunks = jax.tree.map(lambda a: _split(a, c), inputs)
+    return jax.tree.map(_merge, jax.lax.map(lambda x: embed_fn(frozen, x), chunks))
 
 
-def _backprop(embed_fn, params, inputs, cotangent, c, acc):
+def _backprop(embed_fn, params, inputs, cotangent, c: int, acc):
     def body(acc, xs):
         x, g = xs
         _, vjp = jax.vjp(lambda prm: embed_fn(prm, x), params)
-        return jax.tree.map(jnp.add, acc, vjp(g)[0]), None
+        return jax.tree.map(lambda a, d: a + d.astype(a.dtype), acc, vjp(g)[0]), None
 
-    xs = (jax.tree.map(lambda a: _split(a, c), inputs), jax.tree.map(lambda a: _split(a, c), cotangent))
-    acc, _ = jax.lax.scan(body, acc, xs)
-    return acc
+    xs = jax.tree.map(lambda a: _split(a, c), (inputs, cotangent))
+    return jax.lax.scan(body, acc, xs)[0]
 
 
 def grad_cache_step(embed_fn, params, query_inputs, passage_inputs, negative_inputs, loss_fn, num_chunks: int):
-    """(loss, aux, grads wrt params). ``embed_fn(params, inputs) -> embeddings``; ``loss_fn(q, p, n) -> (loss, aux)``."""
+    """(loss, aux, grads wrt params) of ``loss_fn(embed(q), embed(p), embed(n) or None)``, chunked.
+
+    embed_fn(params, inputs) -> embeddings: inputs and embeddings are pytrees of
+    arrays with a leading batch dim. loss_fn(q_emb, p_emb, n_emb_or_None) ->
+    (loss, aux) sees the whole batch at once and may itself use shard_map.
+    Every input set's batch must be divisible by ``num_chunks``.
+    """
     c = int(num_chunks)
+    if c < 1:
+        raise ValueError(f"GradCache: num_chunks must be >= 1, got {num_chunks}")
     sets = [("query", query_inputs), ("passage", passage_inputs)]
     if negative_inputs is not None:
         sets.append(("negative", negative_inputs))
     for name, inputs in sets:
         _check(inputs, c, name)
+
     embs = [_embed_all(embed_fn, params, inputs, c) for _, inputs in sets]
     if negative_inputs is None:
         (loss, aux), cts = jax.value_and_grad(lambda q, p: loss_fn(q, p, None), argnums=(0, 1), has_aux=True)(*embs)
     else:
         (loss, aux), cts = jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True)(*embs)
-    grads = jax.tree.map(jnp.zeros_like, params)
+
+    # accumulate in float32 so bf16 parameters do not lose the small per-chunk terms
+    grads = jax.tree.map(lambda w: jnp.zeros(w.shape, jnp.promote_types(w.dtype, jnp.float32)), params)
     for (_, inputs), ct in zip(sets, cts):
         grads = _backprop(embed_fn, params, inputs, ct, c, grads)
-    return loss, aux, grads
+    return loss, aux, jax.tree.map(lambda g, w: g.astype(w.dtype), grads, params)

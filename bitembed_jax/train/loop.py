@@ -45,10 +45,58 @@ def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: 
     if cfg.loss.learnable_temperature and chunks > 1:
         raise ValueError("config.loss.learnable_temperature needs config.loss.num_chunks=1 (GradCache keeps "
                          "the temperature fixed)")
+    bad = sorted(set(cfg.loss.precisions) - {"fp32", "int8", "int4", "int2", "binary"})
+    if bad:
+        raise ValueError(f"config.loss.precisions: unknown precisions {bad}; use fp32, int8, int4, int2, binary")
+    if not any(w > 0 for w in cfg.loss.precisions.values()):
+        raise ValueError("config.loss.precisions: at least one precision needs a positive weight")
+    if any(int(d) < 0 for d in cfg.loss.matryoshka_dims) or not cfg.loss.matryoshka_dims:
+        raise ValueError(f"config.loss.matryoshka_dims={list(cfg.loss.matryoshka_dims)}: dims >= 0 (0 = full), "
+                         "at least one")
+    if cfg.stage not in ("pretrain", "finetune"):
+        raise ValueError(f"config.stage={cfg.stage!r} must be pretrain or finetune")
+    if cfg.stage == "finetune" and (cfg.distill.sim_weight > 0 or cfg.distill.attn_weight > 0):
+        if not cfg.teacher.model:
+            raise ValueError("config.teacher.model is empty but distillation weights are set "
+                             "(give --teacher HF_OR_MODEL_DIR, or set config.distill.*_weight=0)")
+        if check_paths and not os.path.isdir(cfg.teacher.model):
+            raise FileNotFoundError(f"config.teacher.model={cfg.teacher.model!r} is not a local folder")
+        if chunks > 1:
+            raise ValueError("config.loss.num_chunks must be 1 when distilling: the teacher runs in the same step")
     if cfg.loss.temperature <= 0:
         raise ValueError(f"config.loss.temperature={cfg.loss.temperature} must be > 0")
     if cfg.train.num_steps <= 0:
         raise ValueError(f"config.train.num_steps={cfg.train.num_steps} must be > 0")
+
+
+def uses_teacher(cfg) -> bool:
+    return cfg.stage == "finetune" and (cfg.distill.sim_weight > 0 or cfg.distill.attn_weight > 0)
+
+
+def load_teacher(cfg, student_cfg):
+    """The frozen full-precision teacher (HF folder imported in fp mode, or one of our fp model folders)."""
+    path = cfg.teacher.model
+    if os.path.exists(os.path.join(path, CONFIG_NAME)):
+        model, tcfg = load_model_dir(path, dtype=cfg.train.dtype)
+    else:
+        from bitembed_jax.convert.hf_import import import_hf
+
+        model, tcfg = import_hf(path, mode="fp", attention=cfg.init.attention, pooling=cfg.init.pooling,
+                                dtype=cfg.train.dtype)
+    if tcfg.mode != "fp":
+        raise ValueError(f"config.teacher.model={path!r} holds a {tcfg.mode!r} model; the teacher must be fp")
+    if tcfg.vocab_size != student_cfg.vocab_size:
+        raise ValueError(f"config.teacher.model: vocabulary {tcfg.vocab_size} != the student's "
+                         f"{student_cfg.vocab_size}; teacher and student must share the tokenizer")
+    return model
+
+
+def resolve_model_dir(path: str) -> str:
+    """A training work dir stands for the model folder it produced."""
+    inner = os.path.join(path, "model")
+    if not os.path.exists(os.path.join(path, CONFIG_NAME)) and os.path.exists(os.path.join(inner, CONFIG_NAME)):
+        return inner
+    return path
 
 
 def load_student(init, dtype: str, remat: bool):
@@ -85,12 +133,13 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._old)
 
 
-def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads=None, extra_setup=None):
+def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads=None):
     """Run (or resume) a training run in ``workdir``; returns the final model folder (None if stopped early).
 
     ``devices`` restricts the mesh to some local devices (tests compare meshes in one process).
     """
     maybe_initialize_distributed()
+    cfg.init.model = resolve_model_dir(cfg.init.model)
     devices = list(devices) if devices is not None else jax.devices()
     validate_config(cfg, len(devices), jax.process_count())
     workdir = paths.absolute(workdir)
@@ -107,9 +156,17 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
     pipeline = (make_pipeline or pipeline_from_config)(cfg, workdir, tokenizer, mcfg)
     graphdef, model_state = nnx.split(model)
     tx, schedule = make_optimizer(cfg.train)
-    extra = extra_setup(cfg, mesh) if extra_setup else {}
-    fns = make_train_step(cfg, graphdef, model_state, mesh, tx, schedule,
-                          loss_and_grads=loss_and_grads, **extra)
+    teacher_args = ()
+    if uses_teacher(cfg):
+        from bitembed_jax.train.finetune import finetune_loss_and_grads
+
+        t_graphdef, t_state = nnx.split(load_teacher(cfg, mcfg))
+        fns = make_train_step(cfg, graphdef, model_state, mesh, tx, schedule,
+                              loss_and_grads=loss_and_grads or finetune_loss_and_grads, teacher=(t_graphdef, t_state))
+        teacher_args = (jax.device_put(nnx.to_pure_dict(t_state), fns.teacher_shardings),)
+        del t_state
+    else:
+        fns = make_train_step(cfg, graphdef, model_state, mesh, tx, schedule, loss_and_grads=loss_and_grads)
     ckpt = Checkpointer(workdir, cfg.checkpoint)
     data_iter = iter(pipeline)
     start = ckpt.latest_step()
@@ -133,7 +190,7 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
     try:
         for step in range(start + 1, int(cfg.train.num_steps) + 1):
             batch = global_batch(next(data_iter), fns.batch_shardings)
-            state, metrics = fns.step(state, batch)
+            state, metrics = fns.step(state, batch, *teacher_args)
             metrics = jax.device_get(metrics)
             if not np.isfinite(metrics["loss"]):
                 raise NonFiniteLoss(f"loss is {metrics['loss']} at step {step}; stopping. The last good "
@@ -161,7 +218,10 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
     out = os.path.join(workdir, "model")
     if is_main:
         save_model_dir(out, final, mcfg, tokenizer_dir=cfg.init.model, overwrite=True,
-                       extra={"prompts": {"query": query_prefix(cfg)}, "train": {"steps": int(cfg.train.num_steps)}})
+                       extra={"prompts": {"query": query_prefix(cfg)}, "train": {"steps": int(cfg.train.num_steps),
+                                                                           "stage": cfg.stage},
+                              "precisions": sorted({p for p, w in cfg.loss.precisions.items() if w > 0}),
+                              "matryoshka_dims": sorted({int(d) for d in cfg.loss.matryoshka_dims})})
         writer.message(f"done: model folder {out}; metrics {os.path.join(workdir, 'metrics.jsonl')}; "
                        f"TensorBoard {os.path.join(workdir, 'tensorboard')}")
     return out

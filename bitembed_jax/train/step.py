@@ -15,6 +15,7 @@ from flax import nnx
 from bitembed_jax.losses.contrastive import sharded_info_nce
 from bitembed_jax.models import pool
 from bitembed_jax.parallel.sharding import logical_sharding, state_shardings
+from bitembed_jax.quant.embedding import matryoshka, quantize_ste
 from bitembed_jax.train.grad_cache import grad_cache_step
 
 BATCH_KEYS = ("query_ids", "query_mask", "passage_ids", "passage_mask", "negative_ids", "negative_mask")
@@ -26,6 +27,7 @@ class StepFns(NamedTuple):
     state_shardings: Any
     batch_shardings: dict
     abstract_state: Any
+    teacher_shardings: Any = None  # the step's third argument when a teacher is used
 
 
 def make_embed_fn(graphdef, pooling: str):
@@ -53,7 +55,29 @@ def split_inputs(batch):
     return q, p, n
 
 
-def contrastive_loss_and_grads(params, batch, *, graphdef, mesh, cfg):
+def precision_terms(loss_cfg):
+    """[(matryoshka dim or 0, precision, weight)] with non-zero weight; the first is the reported one."""
+    terms = [(int(d), p, float(w)) for d in loss_cfg.matryoshka_dims for p, w in loss_cfg.precisions.items() if w]
+    return sorted(terms, key=lambda t: (t[0] != 0, t[1] != "fp32"))
+
+
+def multi_precision_info_nce(mesh, q, p, negs, *, temperature, loss_cfg):
+    """Weighted sum of InfoNCE over output precisions x Matryoshka dims (straight-through quantizers)."""
+    total, metrics = 0.0, {}
+    for dim, prec, w in precision_terms(loss_cfg):
+        def view(e):
+            e = e if dim == 0 else matryoshka(e, dim)
+            return e if prec == "fp32" else quantize_ste(e, prec)
+        loss, aux = sharded_info_nce(mesh, view(q), view(p), None if negs is None else view(negs),
+                                     temperature=temperature, symmetric=loss_cfg.symmetric)
+        total = total + w * loss
+        name = prec if dim == 0 else f"{prec}@{dim}"
+        metrics[f"loss_{name}"] = loss
+        metrics.setdefault("accuracy", aux["accuracy"])
+    return total, metrics
+
+
+def contrastive_loss_and_grads(params, batch, *, graphdef, mesh, cfg, teacher_params=None, teacher_graphdef=None):
     """(loss, metrics, grads) for one global batch; GradCache chunking when cfg.loss.num_chunks > 1."""
     embed_fn = make_embed_fn(graphdef, cfg.init.pooling)
     q_in, p_in, n_in = split_inputs(batch)
@@ -61,7 +85,7 @@ def contrastive_loss_and_grads(params, batch, *, graphdef, mesh, cfg):
 
     def loss_on_embeddings(q, p, n, temperature):
         negs = None if n is None else n.reshape(-1, k, n.shape[-1])
-        return sharded_info_nce(mesh, q, p, negs, temperature=temperature, symmetric=cfg.loss.symmetric)
+        return multi_precision_info_nce(mesh, q, p, negs, temperature=temperature, loss_cfg=cfg.loss)
 
     if cfg.loss.num_chunks > 1:
         temp = temperature_of(params, cfg.loss)  # fixed: config validation forbids learnable + chunks
@@ -87,8 +111,13 @@ def batch_shardings(mesh, has_negatives: bool):
     return sh
 
 
-def make_train_step(cfg, graphdef, abstract_model_state, mesh, tx, schedule, *, loss_and_grads=None) -> StepFns:
-    """``abstract_model_state``: the model's nnx.State (abstract is fine: only shapes and axis names are read)."""
+def make_train_step(cfg, graphdef, abstract_model_state, mesh, tx, schedule, *, loss_and_grads=None,
+                    teacher=None) -> StepFns:
+    """``abstract_model_state``: the model's nnx.State (abstract is fine: only shapes and axis names are read).
+
+    ``teacher``: (graphdef, abstract state) of a frozen model; the step then takes its params (sharded by
+    the same rules, never donated, no optimizer state) as a third argument.
+    """
     loss_and_grads = loss_and_grads or contrastive_loss_and_grads
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     params_sh = {"model": state_shardings(abstract_model_state, mesh)}
@@ -111,8 +140,9 @@ def make_train_step(cfg, graphdef, abstract_model_state, mesh, tx, schedule, *, 
     state_sh = {"params": params_sh, "opt_state": opt_sh, "step": repl}
     init = jax.jit(init_fn, out_shardings=state_sh)
 
-    def step_fn(state, batch):
-        loss, aux, grads = loss_and_grads(state["params"], batch, graphdef=graphdef, mesh=mesh, cfg=cfg)
+    def step_fn(state, batch, teacher_params=None):
+        kw = {} if teacher is None else {"teacher_params": teacher_params, "teacher_graphdef": teacher[0]}
+        loss, aux, grads = loss_and_grads(state["params"], batch, graphdef=graphdef, mesh=mesh, cfg=cfg, **kw)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"]),
@@ -122,5 +152,10 @@ def make_train_step(cfg, graphdef, abstract_model_state, mesh, tx, schedule, *, 
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
     b_sh = batch_shardings(mesh, cfg.data.num_negatives > 0)
-    step = jax.jit(step_fn, in_shardings=(state_sh, b_sh), out_shardings=(state_sh, repl), donate_argnums=0)
-    return StepFns(init, step, state_sh, b_sh, abs_state)
+    if teacher is None:
+        step = jax.jit(step_fn, in_shardings=(state_sh, b_sh), out_shardings=(state_sh, repl), donate_argnums=0)
+        return StepFns(init, step, state_sh, b_sh, abs_state)
+    teacher_sh = state_shardings(teacher[1], mesh)
+    step = jax.jit(step_fn, in_shardings=(state_sh, b_sh, teacher_sh), out_shardings=(state_sh, repl),
+                   donate_argnums=0)
+    return StepFns(init, step, state_sh, b_sh, abs_state, teacher_sh)
