@@ -54,7 +54,14 @@ def _aot(args, overrides):
 
     cfg = apply_overrides(load_config_file(args.config), overrides)
     devices = topology_devices(args.topology)
-    compiled, _ = compile_step(cfg, devices)
+    try:
+        compiled, _ = compile_step(cfg, devices)
+    except Exception as e:  # the TPU compiler itself refuses programs that exceed HBM
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        print(f"topology {args.topology}: DOES NOT FIT\n  {str(e).splitlines()[0]}")
+        raise SystemExit(f"the step does not fit in the HBM of {args.topology}: raise config.loss.num_chunks, "
+                         f"turn on config.train.remat, use more fsdp, or a smaller batch") from None
     r = report(compiled, args.topology, len(devices), args.step_time)
     print(format_report(r))
     if args.json:
@@ -116,6 +123,10 @@ def build_parser():
     a.add_argument("--step-time", type=float, default=None, help="seconds per step, for the MFU estimate")
     a.add_argument("--json", default=None, help="also write the report as JSON here")
     a.set_defaults(func=_aot, takes_overrides=True)
+
+    from bitembed_jax.eval.cli_eval import add_eval_parser
+
+    add_eval_parser(sub)
 
     m = sub.add_parser("make-tiny", help="write a tiny random HF checkpoint + tokenizer (quickstart, tests)")
     m.add_argument("--arch", default="qwen3", choices=["qwen3", "gemma3"])

@@ -30,6 +30,9 @@ def get_config():
     c.loss.learnable_temperature = False
     c.loss.symmetric = False
     c.loss.num_chunks = 1  # GradCache chunks per step (1 = no chunking)
+    # score local queries in blocks of this many (recomputed in backward): per-device loss memory grows
+    # linearly with the global batch instead of quadratically; 0 = one block
+    c.loss.query_block = 0
     # output-vector precisions trained jointly (weight per precision): fp32 int8 int4 int2 binary
     c.loss.precisions = ml_collections.ConfigDict({"fp32": 1.0, "int8": 0.0, "int4": 0.0, "int2": 0.0, "binary": 0.0})
     c.loss.matryoshka_dims = [0]  # 0 = the full dimension; e.g. [0, 512, 256, 128]

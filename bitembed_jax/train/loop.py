@@ -42,6 +42,11 @@ def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: 
     if chunks < 1 or bs % (chunks * data * fsdp):
         raise ValueError(f"config.loss.num_chunks={chunks}: batch_size {bs} must split into {chunks} chunks "
                          f"that each divide over data*fsdp={data * fsdp}")
+    qb = int(cfg.loss.query_block)
+    local = bs // chunks // (data * fsdp)
+    if qb < 0 or (qb and local % qb):
+        raise ValueError(f"config.loss.query_block={qb} must divide the per-device batch {local} "
+                         f"(batch_size / num_chunks / (data*fsdp)), or be 0")
     if cfg.loss.learnable_temperature and chunks > 1:
         raise ValueError("config.loss.learnable_temperature needs config.loss.num_chunks=1 (GradCache keeps "
                          "the temperature fixed)")

@@ -69,7 +69,8 @@ def multi_precision_info_nce(mesh, q, p, negs, *, temperature, loss_cfg):
             e = e if dim == 0 else matryoshka(e, dim)
             return e if prec == "fp32" else quantize_ste(e, prec)
         loss, aux = sharded_info_nce(mesh, view(q), view(p), None if negs is None else view(negs),
-                                     temperature=temperature, symmetric=loss_cfg.symmetric)
+                                     temperature=temperature, symmetric=loss_cfg.symmetric,
+                                     query_block=int(loss_cfg.query_block) or None)
         total = total + w * loss
         name = prec if dim == 0 else f"{prec}@{dim}"
         metrics[f"loss_{name}"] = loss
