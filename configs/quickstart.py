@@ -10,13 +10,13 @@ def get_config():
     c = base.get_config()
     c.init.model = ""  # set with --config.init.model=DIR (see README quickstart)
     c.data.train_files = [os.path.abspath(SAMPLE)]
-    c.data.query_max_len = 32
-    c.data.passage_max_len = 64
-    c.data.query_instruction = "Given a question, retrieve the passage that answers it"
+    c.data.query_max_len = 64
+    c.data.passage_max_len = 96
+    c.data.query_instruction = "Find the answer"
     c.loss.temperature = 0.05
     c.train.batch_size = 32
     c.train.num_steps = 60
-    c.train.learning_rate = 2e-3
+    c.train.learning_rate = 1e-3
     c.train.warmup_steps = 10
     c.train.log_every = 5
     c.checkpoint.every_steps = 20

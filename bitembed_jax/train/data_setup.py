@@ -37,7 +37,18 @@ def query_prefix(cfg) -> str:
     return DEFAULT_QUERY_TEMPLATE.format(instruction=cfg.data.query_instruction, query="")
 
 
+def check_instruction_fits(cfg, tokenizer, min_query_tokens: int = 8):
+    """Truncation keeps the start of the text: an instruction filling query_max_len would erase every query."""
+    prefix = query_prefix(cfg)
+    n = len(tokenizer(prefix, add_special_tokens=True)["input_ids"]) if prefix else 0
+    if n + min_query_tokens >= cfg.data.query_max_len:
+        raise ValueError(f"config.data.query_instruction takes {n} tokens of config.data.query_max_len="
+                         f"{cfg.data.query_max_len}, leaving fewer than {min_query_tokens} for the query itself; "
+                         "shorten the instruction or raise query_max_len")
+
+
 def pipeline_from_config(cfg, workdir: str, tokenizer, model_cfg, log=print) -> PairPipeline:
+    check_instruction_fits(cfg, tokenizer)
     path = ensure_dataset(cfg, workdir, log)
     return PairPipeline(
         path, tokenizer, global_batch_size=int(cfg.train.batch_size), max_query_len=int(cfg.data.query_max_len),
