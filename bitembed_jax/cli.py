@@ -29,9 +29,16 @@ def _encode(args):
     enc = Encoder.from_pretrained(args.model, max_length=args.max_length)
     vecs = enc.encode(texts, batch_size=args.batch_size, prompt=args.prompt, precision=args.precision,
                       dim=args.dim, show_progress=True)
-    arr = vecs if isinstance(vecs, np.ndarray) else vecs.codes
-    np.save(args.out, arr)
-    print(f"wrote {arr.shape} {arr.dtype} ({args.precision}) to {args.out}")
+    if isinstance(vecs, np.ndarray):
+        np.save(args.out, vecs)
+        print(f"wrote {vecs.shape} float32 vectors to {args.out}")
+        return
+    # quantized codes are only meaningful with their scales: keep everything needed to score them
+    scale = np.asarray([] if vecs.scale is None else vecs.scale, np.float32)
+    with open(args.out, "wb") as f:
+        np.savez(f, codes=vecs.codes, scale=scale, precision=vecs.precision, dim=vecs.dim)
+    print(f"wrote {len(vecs)} {args.precision} vectors ({vecs.nbytes_per_vector} bytes each: codes {vecs.codes.shape} "
+          f"{vecs.codes.dtype} + scales) to {args.out} (numpy .npz)")
 
 
 def _train(args, overrides):
@@ -100,7 +107,7 @@ def build_parser():
     e = sub.add_parser("encode", help="embed one text per line of a file into a .npy array")
     e.add_argument("--model", required=True)
     e.add_argument("--input", required=True)
-    e.add_argument("--out", required=True)
+    e.add_argument("--out", required=True, help=".npy of float32 vectors; for int*/binary an .npz with codes + scales")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--max-length", type=int, default=512)
     e.add_argument("--prompt", default=None, help="prefix for every text (e.g. a query instruction)")

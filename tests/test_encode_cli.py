@@ -62,3 +62,17 @@ def test_cli_encode(encoder_dir, tmp_path, capsys):
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["convert", "--hf", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "nope/config.json not found" in capsys.readouterr().err
+
+
+def test_cli_encode_quantized_keeps_scales(encoder_dir, tmp_path):
+    from bitembed_jax.quant.embedding import StoredEmbeddings, decode_storage, encode_storage
+
+    inp = tmp_path / "texts.txt"
+    inp.write_text("\n".join(TEXTS) + "\n")
+    out = tmp_path / "vecs.npz"
+    assert main(["encode", "--model", encoder_dir, "--input", str(inp), "--out", str(out), "--precision", "int4"]) == 0
+    d = np.load(out)
+    st = StoredEmbeddings(codes=d["codes"], scale=d["scale"], precision=str(d["precision"]), dim=int(d["dim"]))
+    want = encode_storage(Encoder.from_pretrained(encoder_dir).encode(TEXTS), "int4")
+    np.testing.assert_array_equal(st.codes, want.codes)
+    np.testing.assert_allclose(decode_storage(st), decode_storage(want), atol=1e-5)
