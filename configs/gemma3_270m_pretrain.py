@@ -9,7 +9,6 @@ def get_config():
     c.data.passage_max_len = 256
     c.data.query_instruction = "task: search result | query"
     c.loss.temperature = 0.02
-    c.loss.query_block = 256
     c.loss.num_chunks = 2
     c.train.batch_size = 65536
     c.train.num_steps = 20000

@@ -8,7 +8,6 @@ def get_config():
     c.data.query_max_len = 64
     c.data.passage_max_len = 256
     c.loss.temperature = 0.02
-    c.loss.query_block = 256
     c.loss.num_chunks = 4
     c.train.batch_size = 65536
     c.train.num_steps = 20000

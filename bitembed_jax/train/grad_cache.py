@@ -43,23 +43,30 @@ def _embed_all(embed_fn, params, inputs, c: int):
     return jax.tree.map(_merge, jax.lax.map(lambda x: embed_fn(frozen, x), chunks))
 
 
-def _backprop(embed_fn, params, inputs, cotangent, c: int, acc):
+def _constrain(tree, shardings):
+    return tree if shardings is None else jax.lax.with_sharding_constraint(tree, shardings)
+
+
+def _backprop(embed_fn, params, inputs, cotangent, c: int, acc, shardings=None):
     def body(acc, xs):
         x, g = xs
         _, vjp = jax.vjp(lambda prm: embed_fn(prm, x), params)
-        return jax.tree.map(lambda a, d: a + d.astype(a.dtype), acc, vjp(g)[0]), None
+        # keep the carried gradient sharded like the parameters: XLA would otherwise replicate the loop carry
+        return _constrain(jax.tree.map(lambda a, d: a + d.astype(a.dtype), acc, vjp(g)[0]), shardings), None
 
     xs = jax.tree.map(lambda a: _split(a, c), (inputs, cotangent))
     return jax.lax.scan(body, acc, xs)[0]
 
 
-def grad_cache_step(embed_fn, params, query_inputs, passage_inputs, negative_inputs, loss_fn, num_chunks: int):
+def grad_cache_step(embed_fn, params, query_inputs, passage_inputs, negative_inputs, loss_fn, num_chunks: int,
+                    param_shardings=None):
     """(loss, aux, grads wrt params) of ``loss_fn(embed(q), embed(p), embed(n) or None)``, chunked.
 
     embed_fn(params, inputs) -> embeddings: inputs and embeddings are pytrees of
     arrays with a leading batch dim. loss_fn(q_emb, p_emb, n_emb_or_None) ->
     (loss, aux) sees the whole batch at once and may itself use shard_map.
-    Every input set's batch must be divisible by ``num_chunks``.
+    Every input set's batch must be divisible by ``num_chunks``. ``param_shardings`` (a tree like
+    ``params``) keeps the gradient accumulator sharded as the parameters are.
     """
     c = int(num_chunks)
     if c < 1:
@@ -78,6 +85,7 @@ def grad_cache_step(embed_fn, params, query_inputs, passage_inputs, negative_inp
 
     # accumulate in float32 so bf16 parameters do not lose the small per-chunk terms
     grads = jax.tree.map(lambda w: jnp.zeros(w.shape, jnp.promote_types(w.dtype, jnp.float32)), params)
+    grads = _constrain(grads, param_shardings)
     for (_, inputs), ct in zip(sets, cts):
-        grads = _backprop(embed_fn, params, inputs, ct, c, grads)
+        grads = _backprop(embed_fn, params, inputs, ct, c, grads, param_shardings)
     return loss, aux, jax.tree.map(lambda g, w: g.astype(w.dtype), grads, params)

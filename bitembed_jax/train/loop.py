@@ -43,10 +43,10 @@ def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: 
         raise ValueError(f"config.loss.num_chunks={chunks}: batch_size {bs} must split into {chunks} chunks "
                          f"that each divide over data*fsdp={data * fsdp}")
     qb = int(cfg.loss.query_block)
-    local = bs // chunks // (data * fsdp)
+    local = bs // (data * fsdp)  # the loss always sees the whole batch, chunked or not
     if qb < 0 or (qb and local % qb):
         raise ValueError(f"config.loss.query_block={qb} must divide the per-device batch {local} "
-                         f"(batch_size / num_chunks / (data*fsdp)), or be 0")
+                         f"(batch_size / (data*fsdp)), or be 0")
     if cfg.loss.learnable_temperature and chunks > 1:
         raise ValueError("config.loss.learnable_temperature needs config.loss.num_chunks=1 (GradCache keeps "
                          "the temperature fixed)")

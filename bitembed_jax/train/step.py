@@ -92,7 +92,8 @@ def contrastive_loss_and_grads(params, batch, *, graphdef, mesh, cfg, teacher_pa
         temp = temperature_of(params, cfg.loss)  # fixed: config validation forbids learnable + chunks
         loss, aux, grads = grad_cache_step(
             embed_fn, params["model"], q_in, p_in, n_in,
-            lambda q, p, n: loss_on_embeddings(q, p, n, temp), cfg.loss.num_chunks)
+            lambda q, p, n: loss_on_embeddings(q, p, n, temp), cfg.loss.num_chunks,
+            param_shardings=state_shardings(nnx.split(nnx.merge(graphdef, params["model"]))[1], mesh))
         return loss, aux, {"model": grads}
 
     def full_loss(prm):
