@@ -1,4 +1,6 @@
 """Tiny random Hugging Face checkpoints made locally (no hub access)."""
+import os
+
 import torch
 
 from bitembed_jax.testing import tiny_hf
@@ -15,3 +17,7 @@ def make_tiny_hf(arch: str, out_dir: str, seed: int = 0):
 def load_hf(path: str):
     from transformers import AutoModel
     return AutoModel.from_pretrained(path, attn_implementation="eager", dtype=torch.float32).eval()
+
+# the public data sets live in shared/ beside the repository (as CI lays it out)
+SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                           "shared", "data")

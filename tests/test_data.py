@@ -7,10 +7,11 @@ import pytest
 
 from bitembed_jax.data import PairPipeline, RecordError, build_dataset, needs_rebuild
 from bitembed_jax.data.pipeline import Tokenize
+from tests.hf_fixtures import SHARED_DATA
 from tests.tokenizer_fixture import make_tokenizer
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "bitembed_jax", "data", "sample", "pairs.jsonl")
-BOOLQ = "/work/shared/data/boolq/pairs.jsonl"
+BOOLQ = os.path.join(SHARED_DATA, "boolq", "pairs.jsonl")
 
 
 def write_jsonl(path, lines):
@@ -63,7 +64,7 @@ def assert_batches_equal(a, b):
 
 
 def test_build_from_jsonl_and_parquet(tmp_path):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa
     import pyarrow.parquet as pq
     jsonl = write_jsonl(tmp_path / "a.jsonl", [{**rec(0, 2), "answer": True, "source": "x"}, rec(1)])
     table = pa.table({"query": ["pq 0", "pq 1"], "positive": ["pp 0", "pp 1"],
@@ -103,7 +104,7 @@ def test_bad_record_names_file_and_line(tmp_path, case):
 
 
 def test_parquet_error_names_row(tmp_path):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa
     import pyarrow.parquet as pq
     path = str(tmp_path / "bad.parquet")
     pq.write_table(pa.table({"query": ["a", "b", "c"], "positive": ["x", "y", "  "]}), path)
@@ -330,8 +331,6 @@ def test_query_instruction_template(sample_ds, tokenizer):
 
 
 def test_build_and_stream_boolq(tmp_path, tokenizer):
-    if not os.path.exists(BOOLQ):
-        pytest.skip(f"public BoolQ pairs not present at {BOOLQ}")
     summary = build_dataset([BOOLQ], tmp_path / "boolq", validation_fraction=0.05, seed=0)
     assert summary.skipped == 0 and summary.count == sum(1 for line in open(BOOLQ) if line.strip())
     p = pipeline(str(tmp_path / "boolq"), tokenizer, global_batch_size=16, max_passage_len=128)

@@ -11,8 +11,9 @@ import pytest
 from bitembed_jax.eval import local
 from bitembed_jax.eval.cli_eval import add_eval_parser
 from bitembed_jax.quant.embedding import PRECISIONS, bytes_per_vector, encode_storage, similarity
+from tests.hf_fixtures import SHARED_DATA
 
-STSB = "/work/shared/data/stsb/sts.tsv"
+STSB = os.path.join(SHARED_DATA, "stsb", "sts.tsv")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -198,8 +199,6 @@ def test_sweep_scores_what_encoder_encode_stores(encoder, tmp_path):
 
 
 def test_sts_on_real_pairs(encoder):
-    if not os.path.exists(STSB):
-        pytest.skip(f"STS benchmark pairs not present at {STSB}")
     data = local.read_sts(STSB, limit=200)
     assert len(data.s1) == 200 and data.scores.min() >= 0 and data.scores.max() <= 5
     rows = local.evaluate_sts(encoder, data, ["fp32", "int8", "binary"], batch_size=8)

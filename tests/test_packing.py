@@ -39,8 +39,8 @@ def test_bitnet_2bit_zeros_and_validation():
 
 @pytest.fixture(scope="module")
 def hf_bitnet():
-    torch = pytest.importorskip("torch")
-    bitnet = pytest.importorskip("transformers.integrations.bitnet")
+    import torch
+    from transformers.integrations import bitnet
     return torch, bitnet
 
 
