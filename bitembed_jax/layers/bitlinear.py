@@ -16,6 +16,10 @@ from bitembed_jax.quant.ternary import ternary_int, ternary_ste
 MODES = ("fp", "ternary")
 
 
+class FrozenScale(nnx.Variable):
+    """The stored absmean scale of an exported ternary layer (not trained)."""
+
+
 class BitLinear(nnx.Module):
     def __init__(
         self,
@@ -42,6 +46,8 @@ class BitLinear(nnx.Module):
         self.act_bits = act_bits
         self.per_row_scale = per_row_scale
         self.dtype = dtype
+        # set when loading an export: the kernel then holds q * scale and keeps exactly that scale
+        self.frozen_scale = nnx.data(None)
 
     def __call__(self, x):
         if self.norm is not None:
@@ -49,7 +55,11 @@ class BitLinear(nnx.Module):
         w = self.kernel[...]
         if self.mode == "ternary":
             x = absmax_ste(x, self.act_bits)
-            w = ternary_ste(w, self.per_row_scale)
+            if self.frozen_scale is None:
+                w = ternary_ste(w, self.per_row_scale)
+            else:
+                scale = self.frozen_scale[...]
+                w = (jnp.clip(jnp.round(w / scale), -1, 1) * scale).astype(w.dtype)
         y = jnp.dot(x.astype(self.dtype), w.astype(self.dtype), preferred_element_type=jnp.float32)
         if self.bias is not None:
             y = y + self.bias[...]
