@@ -85,6 +85,10 @@ def _export(args):
 
     out = export(args.checkpoint, args.out, fmt=args.format, overwrite=args.overwrite)
     print(f"wrote {args.format} export to {out}")
+    if args.push_to_hub:
+        from bitembed_jax.export.hub import push_to_hub
+
+        push_to_hub(out, args.push_to_hub, private=args.private)
 
 
 def _make_tiny(args):
@@ -143,6 +147,9 @@ def build_parser():
     x.add_argument("--out", required=True)
     x.add_argument("--format", default="bitnet-2bit", choices=["bitnet-2bit", "base3"])
     x.add_argument("--overwrite", action="store_true")
+    x.add_argument("--push-to-hub", default=None, metavar="ORG/NAME",
+                   help="upload the folder (token from HF_TOKEN or `hf auth login`)")
+    x.add_argument("--private", action="store_true")
     x.set_defaults(func=_export)
 
     from bitembed_jax.eval.cli_eval import add_eval_parser

@@ -65,3 +65,36 @@ def test_refusals(bitnet_dir, tiny_qwen3, tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         export(bitnet_dir, str(tmp_path / "busy"), fmt="base3")
     assert (tmp_path / "busy" / "keep").read_text() == "x"
+
+
+class FakeHub:
+    def __init__(self):
+        self.calls = []
+
+    def create_repo(self, **kw):
+        self.calls.append(("create_repo", kw))
+
+    def upload_folder(self, **kw):
+        self.calls.append(("upload_folder", kw, sorted(os.listdir(kw["folder_path"]))))
+
+
+def test_push_to_hub_sends_the_folder_and_never_the_token(bitnet_dir, tmp_path, monkeypatch, capsys):
+    from bitembed_jax.export.hub import push_to_hub
+
+    secret = "hf_SECRET_token_value_123"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    out = export(bitnet_dir, str(tmp_path / "hf"), fmt="bitnet-2bit")
+    hub = FakeHub()
+    push_to_hub(out, "org/bitnet-embed", client=hub)
+    assert hub.calls[0] == ("create_repo", {"repo_id": "org/bitnet-embed", "private": False, "exist_ok": True,
+                                            "repo_type": "model"})
+    name, kw, files = hub.calls[1]
+    assert name == "upload_folder" and kw["folder_path"] == out
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= set(files)
+    captured = capsys.readouterr()
+    assert secret not in captured.out + captured.err
+    for root, _, names in os.walk(out):
+        for n in names:
+            assert secret.encode() not in open(os.path.join(root, n), "rb").read()
+    with pytest.raises(ValueError, match="ORG/NAME"):
+        push_to_hub(out, "noslash", client=hub)
