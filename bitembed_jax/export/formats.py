@@ -103,6 +103,21 @@ def size_table(tensors: dict, num_ternary: int, bf16_bytes: int) -> str:
     ])
 
 
+def model_card(cfg, meta: dict, fmt: str, sizes: str) -> str:
+    from bitembed_jax.quant.embedding import PRECISIONS, bytes_per_vector
+
+    trained = meta.get("precisions", ["fp32"])
+    dims = [d or cfg.hidden_size for d in meta.get("matryoshka_dims", [0])]
+    rows = "\n".join(f"| {p} | {', '.join(str(bytes_per_vector(p, d)) for d in dims)} | "
+                     f"{'yes' if p in trained else 'no'} |" for p in PRECISIONS)
+    prompt = meta.get("prompts", {}).get("query", "")
+    return (f"# BitNet text embedder ({cfg.arch}, {fmt})\n\nExported by bitembed-jax: ternary weights in every "
+            f"linear of the blocks, {cfg.act_bits}-bit activations, norm layout `{cfg.norm}`, {cfg.pooling}-token "
+            f"pooling + L2 normalisation.\n\nQuery prompt: `{prompt!r}`; documents get none.\n\n## Sizes\n\n{sizes}\n\n"
+            f"## Output vectors\n\n| precision | bytes per vector at dims {', '.join(map(str, dims))} | trained for |\n"
+            f"|---|---|---|\n{rows}\n")
+
+
 def export(checkpoint: str, out_dir: str, *, fmt: str = "bitnet-2bit", overwrite: bool = False) -> str:
     """Write ``checkpoint`` (a model folder or a training workdir) as ``fmt`` into ``out_dir``."""
     if fmt not in FORMATS:
@@ -144,8 +159,7 @@ def export(checkpoint: str, out_dir: str, *, fmt: str = "bitnet-2bit", overwrite
             if os.path.exists(os.path.join(checkpoint, name)):
                 shutil.copy2(os.path.join(checkpoint, name), os.path.join(tmp, name))
         with open(os.path.join(tmp, "README.md"), "w") as f:
-            f.write(f"# BitNet text embedder ({cfg.arch}, {fmt})\n\nExported by bitembed-jax.\n\n"
-                    + size_table(tensors, n_ternary, 2 * n_total) + "\n")
+            f.write(model_card(cfg, meta, fmt, size_table(tensors, n_ternary, 2 * n_total)))
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
