@@ -1,7 +1,7 @@
 """Distillation ablation on the shipped sample pairs: does fine-tuning with the fp teacher help the BitNet student?
 
     python bench/distill_ablation.py                  # 1 seed, ~5 minutes on 2 CPU cores
-    python bench/distill_ablation.py --seeds 0 1 2    # 3 seeds, ~13 minutes
+    python bench/distill_ablation.py --seeds 0 1 2    # 3 seeds, ~16 minutes on busy shared cores
 
 Tiny experiment, not a quality claim. Steps:
 
