@@ -1,49 +1,64 @@
 """Export size per format for the real Qwen3-0.6B and Gemma3-270M shapes, vs the bf16 checkpoint.
 
-    python bench/export_size.py
+    JAX_PLATFORMS=cpu python bench/export_size.py
 
-Sizes are computed from the shapes (what the exporter writes: packed ternary linears, float32 scales,
-norms and token embeddings), so no 0.6B model is allocated. The last column is the bitnet-2bit size if the
-token embeddings were stored in bf16 (not an exporter option yet).
+The sizes come from ``bitembed_jax.export.model_card.export_sizes`` on an *abstract* model (shapes only,
+``nnx.eval_shape``), so no 0.6B model is allocated; tests/test_export.py checks that this accounting equals
+the bytes of the tensors the exporter writes. The models are the bitnet ``per_linear`` layout (the
+released embedders'): per-linear RMSNorms are counted with the norms. Sizes are tensor bytes (the
+safetensors header adds a few kB).
 """
 from bitembed_jax.convert.hf_import import model_config_from_hf
+from bitembed_jax.export.model_card import export_sizes
+from bitembed_jax.io.model_dir import abstract_model
 from bitembed_jax.models.presets import PRESETS
-from bitembed_jax.quant.embedding import bytes_per_vector
+from bitembed_jax.quant.embedding import PRECISIONS, bytes_per_vector
+
+MODELS = {"Qwen3-0.6B": "Qwen/Qwen3-0.6B", "Gemma3-270M": "google/gemma-3-270m"}
+VARIANTS = [  # (format, dtype of embeddings and norms, int8 token embeddings)
+    ("bitnet-2bit", "float32", False),
+    ("bitnet-2bit", "bfloat16", False),
+    ("base3", "float32", False),
+    ("base3", "bfloat16", False),
+    ("base3", "bfloat16", True),
+]
 
 
-def sizes(cfg):
-    e, m, h, kv, d = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    linears = [(e, h * d), (e, kv * d), (e, kv * d), (h * d, e), (e, m), (e, m), (m, e)]
-    n_lin = cfg.num_layers * len(linears)
-    ternary = cfg.num_layers * sum(a * b for a, b in linears)
-    # per-linear input norms + the block norms (Gemma3 has 4 per layer, Qwen3 2) + q/k norms + final norm
-    block_norms = (4 if cfg.arch == "gemma3" else 2) * e
-    norms = cfg.num_layers * (sum(a for a, _ in linears) + block_norms + 2 * d) + e
-    embed = cfg.vocab_size * e
-    return ternary, n_lin, norms, embed
+def mb(n: int) -> str:
+    return f"{n / 1e6:,.1f}"
 
 
 def main():
-    print("| model | ternary weights | bf16 checkpoint MB | bitnet-2bit MB | base3 MB | bits/weight 2bit / base3 "
-          "| linears 2bit / base3 MB | embeddings fp32 MB | 2bit with bf16 embeddings MB |")
-    print("|---|---:|---:|---:|---:|---|---:|---:|---:|")
-    for name in ("Qwen/Qwen3-0.6B", "google/gemma-3-270m"):
-        cfg = model_config_from_hf(dict(PRESETS[name]), name, mode="bitnet")
-        ternary, n_lin, norms, embed = sizes(cfg)
-        bf16 = 2 * (ternary + norms + embed)
-        two_bit = ternary // 4 + 4 * n_lin  # 4 trits per byte (rows padded to 4 are negligible) + scales
-        base3 = -(-ternary // 5) + 4 * n_lin
-        rest = 4 * norms + 4 * embed
-        mb = 1e6
-        print(f"| {name} | {ternary / 1e6:.1f} M | {bf16 / mb:.1f} | {(two_bit + rest) / mb:.1f} | "
-              f"{(base3 + rest) / mb:.1f} | {8 * two_bit / ternary:.3f} / {8 * base3 / ternary:.3f} | "
-              f"{two_bit / mb:.1f} / {base3 / mb:.1f} | {4 * embed / mb:.1f} | "
-              f"{(two_bit + 4 * norms + 2 * embed) / mb:.1f} |")
+    print("| model | format | embeddings as | embeddings MB | ternary linears MB | scales kB | norms MB | total MB "
+          "| vs bf16 original | bits/weight |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    dims, n_ternary = {}, {}
+    for name, preset in MODELS.items():
+        cfg = model_config_from_hf(dict(PRESETS[preset]), preset, mode="bitnet", norm="per_linear")
+        model = abstract_model(cfg)
+        dims[name] = cfg.hidden_size
+        first = True
+        for fmt, dtype, int8 in VARIANTS:
+            s = export_sizes(model, cfg, fmt, dtype=dtype, int8_embeddings=int8)
+            c = s["components"]
+            if first:
+                n_lin = n_ternary[name] = s["ternary_weights"]
+                print(f"| {name} | bf16 original | bfloat16 | {mb(2 * cfg.vocab_size * cfg.hidden_size)} | "
+                      f"{mb(2 * n_lin)} | | {mb(s['bf16_original'] - 2 * n_lin - 2 * cfg.vocab_size * cfg.hidden_size)}"
+                      f" | {mb(s['bf16_original'])} | 100% | 16 |")
+                first = False
+            emb = "int8 + row scale" if int8 else dtype
+            bits = 8 * c["ternary linears (packed)"] / s["ternary_weights"]
+            print(f"| {name} | {fmt} | {emb} | {mb(c['token embeddings'])} | {mb(c['ternary linears (packed)'])} | "
+                  f"{c['linear scales'] / 1e3:.2f} | {mb(c['norms and biases'])} | {mb(s['total'])} | "
+                  f"{s['total'] / s['bf16_original']:.1%} | {bits:.3f} |")
     print()
-    print("| output precision | bytes per 1024-d vector | per 640-d vector |")
-    print("|---|---:|---:|")
-    for p in ("fp32", "int8", "int4", "int2", "binary"):
-        print(f"| {p} | {bytes_per_vector(p, 1024)} | {bytes_per_vector(p, 640)} |")
+    print("Ternary weights: " + ", ".join(f"{name} {n / 1e6:.1f} M" for name, n in n_ternary.items()))
+    print()
+    print("| output precision | " + " | ".join(f"bytes per vector, {n} (d={d})" for n, d in dims.items()) + " |")
+    print("|---|" + "---:|" * len(dims))
+    for p in PRECISIONS:
+        print(f"| {p} | " + " | ".join(str(bytes_per_vector(p, d)) for d in dims.values()) + " |")
 
 
 if __name__ == "__main__":

@@ -80,17 +80,6 @@ def _aot(args, overrides):
                          f"use more fsdp, or a smaller batch")
 
 
-def _export(args):
-    from bitembed_jax.export.formats import export
-
-    out = export(args.checkpoint, args.out, fmt=args.format, overwrite=args.overwrite)
-    print(f"wrote {args.format} export to {out}")
-    if args.push_to_hub:
-        from bitembed_jax.export.hub import push_to_hub
-
-        push_to_hub(out, args.push_to_hub, private=args.private)
-
-
 def _make_tiny(args):
     from bitembed_jax.io.model_dir import check_writable
     from bitembed_jax.testing.tiny_hf import make_tiny_hf
@@ -142,15 +131,9 @@ def build_parser():
     a.add_argument("--json", default=None, help="also write the report as JSON here")
     a.set_defaults(func=_aot, takes_overrides=True)
 
-    x = sub.add_parser("export", help="packed ternary weights: bitnet-2bit (transformers) or base3 (bitembed-jax)")
-    x.add_argument("--checkpoint", required=True, help="a model folder or a training workdir")
-    x.add_argument("--out", required=True)
-    x.add_argument("--format", default="bitnet-2bit", choices=["bitnet-2bit", "base3"])
-    x.add_argument("--overwrite", action="store_true")
-    x.add_argument("--push-to-hub", default=None, metavar="ORG/NAME",
-                   help="upload the folder (token from HF_TOKEN or `hf auth login`)")
-    x.add_argument("--private", action="store_true")
-    x.set_defaults(func=_export)
+    from bitembed_jax.export.cli_export import add_export_parser
+
+    add_export_parser(sub)
 
     from bitembed_jax.eval.cli_eval import add_eval_parser
 

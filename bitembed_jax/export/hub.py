@@ -1,13 +1,21 @@
 """Push an export folder to the Hugging Face hub.
 
-The token comes from HF_TOKEN or the user's ``hf auth login``; huggingface_hub reads it itself, so this
-code never holds, prints or writes it.
+The token comes from HF_TOKEN or the user's ``hf auth login``: huggingface_hub's ``HfApi`` finds it
+itself, so this code never reads, prints or writes it. ``client`` replaces ``HfApi()`` (tests).
 """
+import re
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_repo_id(repo_id: str) -> None:
+    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id):
+        raise ValueError(f"--push-to-hub {repo_id!r}: expected ORG/NAME (letters, digits, '.', '_', '-')")
 
 
 def push_to_hub(folder: str, repo_id: str, *, private: bool = False, client=None, log=print) -> str:
-    if "/" not in repo_id:
-        raise ValueError(f"--push-to-hub {repo_id!r}: expected ORG/NAME")
+    """create_repo (exist_ok) + upload_folder; returns the repo id."""
+    check_repo_id(repo_id)
     if client is None:
         from huggingface_hub import HfApi
 

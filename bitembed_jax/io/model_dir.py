@@ -74,7 +74,11 @@ def read_config(model_dir: str) -> tuple[ModelConfig, dict]:
 def load_model_dir(model_dir: str, **overrides):
     """(model, cfg); ``overrides`` change encoder-side options (dtype, attention, remat...)."""
     model_dir = os.path.abspath(model_dir)
-    cfg, _ = read_config(model_dir)
+    cfg, meta = read_config(model_dir)
+    if meta.get("export"):  # an export folder: packed weights instead of orbax params
+        from bitembed_jax.export.load import load_export
+
+        return load_export(model_dir, **overrides)
     cfg = cfg.replace(**overrides) if overrides else cfg
     abstract = abstract_model(cfg)
     graphdef, abs_state = nnx.split(abstract)

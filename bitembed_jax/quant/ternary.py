@@ -35,5 +35,11 @@ def ternary_quantize(w: jax.Array, per_row: bool = False, eps: float = EPS) -> j
 
 
 def ternary_ste(w: jax.Array, per_row: bool = False, eps: float = EPS) -> jax.Array:
-    """Forward: ternary_quantize(w); backward: identity (straight-through)."""
-    return w + jax.lax.stop_gradient(ternary_quantize(w, per_row, eps) - w)
+    """Forward: exactly ternary_quantize(w); backward: identity (straight-through).
+
+    Written as q + (w - w) rather than w + (q - w): the latter rounds twice and misses q * gamma by an ulp
+    for weights far from gamma, so a packed export (which keeps only q and gamma) could not reproduce the
+    checkpoint's forward bit for bit.
+    """
+    q = jax.lax.stop_gradient(ternary_quantize(w, per_row, eps))
+    return q + (w - jax.lax.stop_gradient(w))

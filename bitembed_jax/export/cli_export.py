@@ -1,0 +1,36 @@
+"""The ``export`` subcommand: ``add_export_parser(subparsers)`` registers it (kept jax-free until run)."""
+
+
+def run_export(args) -> None:
+    from bitembed_jax.export.hf_export import export
+
+    out = export(args.checkpoint, args.out, fmt=args.format, overwrite=args.overwrite,
+                 int8_embeddings=args.int8_embeddings, dtype=args.dtype, linear_class=args.linear_class,
+                 max_length=args.max_length, push_to_hub=args.push_to_hub, private=args.private)
+    print(f"wrote {args.format} export to {out}")
+
+
+def add_export_parser(subparsers):
+    x = subparsers.add_parser(
+        "export",
+        help="packed ternary weights: bitnet-2bit (transformers / sentence-transformers) or base3 (bitembed-jax)",
+        description="Pack a bitnet model folder's ternary weights. bitnet-2bit loads with transformers' AutoModel "
+                    "and SentenceTransformer (no remote code; needs the norm=per_linear or none layout); base3 "
+                    "(1.6 bits per weight, any layout) is read back exactly by bitembed-jax.")
+    x.add_argument("--checkpoint", required=True, help="a model folder, or a training workdir (its model/)")
+    x.add_argument("--out", required=True, help="the export folder to write")
+    x.add_argument("--format", default="bitnet-2bit", choices=["bitnet-2bit", "base3"])
+    x.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="token embeddings and norms (float32: exact; bfloat16: half the size)")
+    x.add_argument("--int8-embeddings", action="store_true",
+                   help="base3: int8 token embeddings with a float32 scale per row")
+    x.add_argument("--linear-class", default="bitlinear", choices=["bitlinear", "autobitlinear"],
+                   help="bitnet-2bit: transformers' layer class (bitlinear keeps weights packed in memory)")
+    x.add_argument("--max-length", type=int, default=None,
+                   help="sentence-transformers max_seq_length (default: the folder's, else 512)")
+    x.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    x.add_argument("--push-to-hub", default=None, metavar="ORG/NAME",
+                   help="upload the folder afterwards (token from HF_TOKEN or `hf auth login`)")
+    x.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
+    x.set_defaults(func=run_export)
+    return x

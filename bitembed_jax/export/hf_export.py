@@ -1,0 +1,303 @@
+"""Export a trained BitNet encoder as packed ternary weights.
+
+Two formats (``export(..., fmt=...)``):
+
+``bitnet-2bit``
+    The layout of transformers' BitNet integration (``transformers/integrations/bitnet.py``): every block
+    linear as uint8 with 4 ternary values per byte along the output dim (value + 1 in bits 0-1 .. 6-7 of
+    rows r, r+R, r+2R, r+3R, R = out/4), a ``weight_scale`` of shape (1,), the per-linear RMSNorm as
+    ``<linear>.rms_norm.weight``, and ``quantization_config`` = {quant_method: bitnet, linear_class,
+    quantization_mode: offline, use_rms_norm, rms_norm_eps} in the architecture's own HF ``config.json``
+    (Qwen3Config / Gemma3TextConfig regenerated from our ModelConfig). ``AutoModel.from_pretrained(DIR)``
+    and ``SentenceTransformer(DIR)`` load it with no remote code (``accelerate`` must be installed).
+
+    transformers' offline ``BitLinear`` computes (int8(x) @ q^T) / (act_scale * weight_scale): it divides,
+    so ``linear_class="bitlinear"`` (default: the weights stay packed in memory) stores weight_scale =
+    1/gamma. ``AutoBitLinear`` (``linear_class="autobitlinear"``: unpacked to float once at load)
+    multiplies, so it stores gamma. Either way the forward equals ours: RMSNorm, then the same per-token
+    absmax int8 quantizer (127 / max|x| clamped at 1e-5, round, clamp to [-128, 127]), then the ternary
+    matmul. The exact gammas also go into the safetensors metadata, so ``load_export`` reads this format
+    back bit for bit too.
+
+    Norm layouts: ``per_linear`` maps onto ``use_rms_norm: true`` and ``none`` onto ``use_rms_norm:
+    false``. ``subln`` is refused: its extra RMSNorm in front of o_proj / down_proj has no place in
+    transformers' Qwen3/Gemma3 modules (its BitLinear only knows a norm inside every linear). Train or
+    convert with ``norm="per_linear"`` (the released BitNet embedders' layout) for a PyTorch export, or
+    export SubLN models as ``base3`` for bitembed-jax. Also refused: 4-bit activations and per-row scales
+    (transformers' BitLinear is 8-bit with one scale per linear), int8 token embeddings (transformers
+    would read the codes as floats), and out_features not divisible by 4 (its packed buffer has out // 4
+    rows).
+
+``base3``
+    Five ternary values per byte (3^5 = 243 <= 256: 1.6 bits per weight), every norm layout, plus each
+    linear's float32 scale (tensor ``<kernel path>.scale``; per tensor or per output row) and the format
+    version, layout and shapes in the safetensors metadata. For bitembed-jax: ``load_export`` /
+    ``load_encoder`` give back a model whose embeddings equal the checkpoint's bit for bit.
+
+Token embeddings and norms are written in ``dtype`` (float32 default, exact; bfloat16 halves them), or,
+with ``int8_embeddings`` (base3 only), the token embeddings as int8 codes with a float32 scale per row
+(value = code * row_scale, row_scale = max|row| / 127). The folder also holds ``bitembed_config.json`` (our
+config + an ``export`` section), the tokenizer (made to append EOS for last-token pooling, see
+``st_files``), the sentence-transformers files (bitnet-2bit) and a model card README.md with the size table.
+
+The folder is written to a temporary sibling and renamed into place; a non-empty ``out_dir`` is only
+replaced with ``overwrite=True``.
+"""
+import json
+import os
+import shutil
+import tempfile
+
+import ml_dtypes
+import numpy as np
+from flax import nnx
+from safetensors.numpy import save_file
+
+from bitembed_jax.convert.name_maps import INVERSE, LINEAR, expand
+from bitembed_jax.export.model_card import export_sizes, linears, model_card, tensor_sizes
+from bitembed_jax.export.packing import pack_base3, pack_bitnet_2bit
+from bitembed_jax.export.st_files import write_sentence_transformers, write_tokenizer
+from bitembed_jax.io.model_dir import CONFIG_NAME, check_writable, load_model_dir, read_config
+from bitembed_jax.io.state_paths import flat_params
+
+FORMATS = ("bitnet-2bit", "base3")
+DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+LINEAR_CLASSES = ("bitlinear", "autobitlinear")
+WEIGHTS = "model.safetensors"
+FORMAT_VERSION = 1
+DEFAULT_MAX_LENGTH = 512
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A model folder, or a training workdir holding one in ``model/``."""
+    if not os.path.exists(os.path.join(path, CONFIG_NAME)) and os.path.exists(os.path.join(path, "model", CONFIG_NAME)):
+        return os.path.join(path, "model")
+    return path
+
+
+def refusal(cfg, fmt: str, *, int8_embeddings: bool = False) -> str | None:
+    """Why ``cfg`` cannot be exported as ``fmt`` (None if it can)."""
+    if cfg.mode != "bitnet":
+        return ("this is an fp (full-precision) model: only bitnet models have ternary weights to pack; "
+                "convert or train with mode=bitnet")
+    if fmt != "bitnet-2bit":
+        return None
+    if cfg.norm == "subln":
+        return ("norm='subln' cannot be expressed in transformers' BitNet integration: its BitLinear carries "
+                "a norm inside every linear (use_rms_norm), but Qwen3/Gemma3 have no place for SubLN's extra "
+                "RMSNorm in front of o_proj and down_proj. Export with --format base3 (read back exactly by "
+                "bitembed-jax's load_export / Encoder), or train/convert with --norm per_linear (the layout "
+                "of the released BitNet embedders) for a PyTorch export")
+    if cfg.act_bits != 8:
+        return (f"{cfg.act_bits}-bit activations: transformers' BitLinear quantizes activations to 8 bits only; "
+                "export with --format base3")
+    if cfg.per_row_scale:
+        return "per-row weight scales: transformers' BitLinear has one weight_scale per linear; export as base3"
+    if int8_embeddings:
+        return ("--int8-embeddings: transformers' BitNet integration keeps float token embeddings and would read "
+                "int8 codes as floats; use --dtype bfloat16 to halve them, or --format base3")
+    return None
+
+
+def hf_config(cfg, quantization_config: dict | None, dtype: str = "float32") -> dict:
+    """The architecture's HF config.json regenerated from our ModelConfig."""
+    rope = {"rope_type": cfg.rope_type, "rope_theta": cfg.rope_theta}
+    if cfg.rope_type == "linear":
+        rope["factor"] = cfg.rope_factor
+    if cfg.arch == "qwen3":
+        from transformers import Qwen3Config as Config
+        extra = dict(rope_parameters=rope, tie_word_embeddings=True, use_sliding_window=cfg.sliding_window is not None,
+                     sliding_window=cfg.sliding_window, layer_types=list(cfg.layer_types) or None,
+                     architectures=["Qwen3Model"])
+    else:
+        from transformers import Gemma3TextConfig as Config
+        bidir = cfg.attention == "bidirectional"
+        extra = dict(layer_types=list(cfg.layer_types) or None, query_pre_attn_scalar=cfg.query_pre_attn_scalar,
+                     # the importer reads a bidirectional config's window w as w // 2 + 1
+                     sliding_window=(cfg.sliding_window - 1) * 2 if bidir else cfg.sliding_window,
+                     use_bidirectional_attention=bidir, architectures=["Gemma3TextModel"],
+                     rope_parameters={"full_attention": rope,
+                                      "sliding_attention": {"rope_type": "default",
+                                                            "rope_theta": cfg.rope_local_theta}})
+    c = Config(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+               num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+               num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps,
+               attention_bias=cfg.attention_bias, pad_token_id=cfg.pad_token_id, eos_token_id=cfg.eos_token_id,
+               **extra)
+    d = c.to_dict()
+    d["dtype"] = dtype
+    if quantization_config is not None:
+        d["quantization_config"] = quantization_config
+    return d
+
+
+def _float(x, dtype: str) -> np.ndarray:
+    return np.asarray(x, np.float32).astype(DTYPES[dtype])
+
+
+def _int8_rows(e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row absmax int8: (codes int8 (V, H), row_scale float32 (V,)); value = code * row_scale."""
+    e = np.asarray(e, np.float32)
+    scale = (np.maximum(np.abs(e).max(axis=1), np.float32(1e-12)) / np.float32(127)).astype(np.float32)
+    codes = np.clip(np.round(e / scale[:, None]), -127, 127).astype(np.int8)
+    return codes, scale
+
+
+def bitnet_2bit_tensors(model, cfg, *, dtype: str = "float32", linear_class: str = "bitlinear"):
+    """({HF tensor name: array}, {HF linear name: exact gamma}) in transformers' BitNet layout."""
+    params = flat_params(nnx.state(model))
+    lins = linears(model)
+    out, gammas, used = {}, {}, set()
+    for hf_name, ours, transform in expand(cfg.arch, cfg.num_layers, cfg.attention_bias):
+        used.add(ours)
+        if transform != LINEAR:
+            out[hf_name] = _float(INVERSE[transform](np.asarray(params[ours])), dtype)
+            continue
+        lin = lins[ours]
+        q, gamma = lin.frozen()  # int8 (out, in), float32 ()
+        q, gamma = np.asarray(q), np.float32(gamma)
+        if q.shape[0] % 4:
+            raise ValueError(f"{hf_name}: {q.shape[0]} output features is not a multiple of 4; transformers' "
+                             "BitLinear holds out_features // 4 packed rows. Export with --format base3")
+        base = hf_name[: -len(".weight")]
+        out[hf_name] = pack_bitnet_2bit(q)
+        ws = np.float32(1) / gamma if linear_class == "bitlinear" else gamma
+        out[base + ".weight_scale"] = np.asarray([ws], np.float32)
+        gammas[base] = float(gamma)
+        if lin.norm is not None:
+            out[base + ".rms_norm.weight"] = _float(lin.norm.weight[...], dtype)
+            used.add(ours[: -len("kernel")] + "norm.weight")
+    left = sorted(set(params) - used)
+    if left:
+        raise ValueError(f"internal: parameters with no place in the bitnet-2bit layout: {left[:5]}")
+    return out, gammas
+
+
+def base3_tensors(model, *, dtype: str = "float32", int8_embeddings: bool = False):
+    """({name: array}, {kernel path: metadata}) for the base3 format (names are our dotted state paths)."""
+    lins = linears(model)
+    tensors, meta = {}, {}
+    for path, value in flat_params(nnx.state(model)).items():
+        if path in lins:
+            q, gamma = lins[path].frozen()  # int8 (out, in); () or (out, 1)
+            q = np.asarray(q)
+            gamma = np.asarray(gamma, np.float32)
+            tensors[path + ".base3"] = pack_base3(q)
+            tensors[path + ".scale"] = gamma.reshape(-1)
+            meta[path] = {"shape": list(q.shape), "per_row_scale": gamma.size > 1}
+            if gamma.size == 1:
+                meta[path]["scale"] = float(gamma)
+        elif path == "embed_tokens.embedding" and int8_embeddings:
+            codes, scale = _int8_rows(value)
+            tensors[path + ".int8"] = codes
+            tensors[path + ".row_scale"] = scale
+        else:
+            tensors[path] = _float(value, dtype)
+    return tensors, meta
+
+
+def _replace_dir(tmp: str, out_dir: str) -> None:
+    """Move ``tmp`` to ``out_dir``; an old ``out_dir`` is removed only once the new one is in place."""
+    old = None
+    if os.path.exists(out_dir):
+        old = tempfile.mkdtemp(prefix=".old-" + os.path.basename(out_dir) + "-", dir=os.path.dirname(out_dir))
+        os.rmdir(old)
+        os.replace(out_dir, old)
+    try:
+        os.replace(tmp, out_dir)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export(checkpoint_dir: str, out_dir: str, *, fmt: str = "bitnet-2bit", overwrite: bool = False,
+           int8_embeddings: bool = False, dtype: str = "float32", linear_class: str = "bitlinear",
+           max_length: int | None = None, push_to_hub: str | None = None, private: bool = False, hub_client=None,
+           log=print) -> str:
+    """Write the bitnet model folder ``checkpoint_dir`` (or a training workdir's ``model/``) as ``fmt``.
+
+    fmt: "bitnet-2bit" (PyTorch: transformers' BitNet integration, sentence-transformers) or "base3"
+      (bitembed-jax, 1.6 bits per weight, any norm layout). See the module docstring for both layouts.
+    Refused for bitnet-2bit, with the reason: norm="subln" (transformers has no place for SubLN's o_proj /
+      down_proj norms: use base3, or a per_linear model), 4-bit activations, per-row scales, int8
+      embeddings, out_features not divisible by 4. fp models are refused for both formats.
+    dtype: "float32" (exact) or "bfloat16", for token embeddings and norms.
+    int8_embeddings: base3 only; int8 token embeddings with a float32 scale per row.
+    linear_class: "bitlinear" (weight_scale = 1/gamma, weights stay packed in PyTorch memory) or
+      "autobitlinear" (weight_scale = gamma, unpacked at load).
+    max_length: sentence-transformers' max_seq_length (default: the folder's ``max_length`` or 512).
+    push_to_hub: "ORG/NAME" to upload the folder afterwards (``hub.push_to_hub``; the token comes from
+      HF_TOKEN or ``hf auth login`` and is never read, printed or written here); ``hub_client`` replaces
+      ``huggingface_hub.HfApi()`` (tests).
+    Returns the absolute path of the written folder.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if linear_class not in LINEAR_CLASSES:
+        raise ValueError(f"--linear-class {linear_class!r} is not one of {', '.join(LINEAR_CLASSES)}")
+    if push_to_hub is not None:
+        from bitembed_jax.export.hub import check_repo_id
+        check_repo_id(push_to_hub)
+    checkpoint_dir = resolve_checkpoint(checkpoint_dir)
+    out_dir = os.path.abspath(out_dir)
+    src, dst = os.path.realpath(checkpoint_dir), os.path.realpath(out_dir)
+    if os.path.commonpath([src, dst]) in (src, dst):
+        raise ValueError(f"--out {out_dir} overlaps the checkpoint {checkpoint_dir}; export to another folder")
+    check_writable(out_dir, overwrite)
+    cfg, meta = read_config(checkpoint_dir)
+    why = refusal(cfg, fmt, int8_embeddings=int8_embeddings)
+    if why:
+        raise ValueError(f"cannot export {checkpoint_dir} as {fmt}: {why}")
+    max_length = int(max_length or meta.get("max_length") or DEFAULT_MAX_LENGTH)
+    model, _ = load_model_dir(checkpoint_dir)
+
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
+    try:
+        info = {"format": fmt, "version": FORMAT_VERSION, "dtype": dtype, "int8_embeddings": int8_embeddings}
+        if fmt == "bitnet-2bit":
+            info["linear_class"] = linear_class
+            tensors, gammas = bitnet_2bit_tensors(model, cfg, dtype=dtype, linear_class=linear_class)
+            qc = {"quant_method": "bitnet", "linear_class": linear_class, "quantization_mode": "offline",
+                  "use_rms_norm": cfg.norm == "per_linear", "rms_norm_eps": cfg.rms_norm_eps}
+            with open(os.path.join(tmp, "config.json"), "w") as f:
+                json.dump(hf_config(cfg, qc, dtype), f, indent=2)
+            st_meta = {"format": "pt", "bitembed_format": fmt, "bitembed_version": str(FORMAT_VERSION),
+                       "gamma": json.dumps(gammas)}
+        else:
+            tensors, lin_meta = base3_tensors(model, dtype=dtype, int8_embeddings=int8_embeddings)
+            st_meta = {"format": "bitembed-base3", "version": str(FORMAT_VERSION),
+                       "layout": "q in {-1,0,1} of each (out, in) kernel, row-major, byte = sum_i (q_i + 1) * 3**i "
+                                 "over 5 consecutive values; weight = q * scale",
+                       "linears": json.dumps(lin_meta),
+                       "embeddings": ("int8 codes * row_scale[:, None]" if int8_embeddings else dtype)}
+        save_file(tensors, os.path.join(tmp, WEIGHTS), metadata=st_meta)
+
+        export_meta = {k: v for k, v in meta.items() if k != "source"}  # local paths stay local
+        export_meta["export"] = info
+        export_meta["max_length"] = max_length
+        with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
+            json.dump(export_meta, f, indent=2, sort_keys=True)
+        write_tokenizer(checkpoint_dir, tmp, append_eos=cfg.pooling == "last", max_length=max_length)
+        if fmt == "bitnet-2bit":
+            write_sentence_transformers(tmp, hidden_size=cfg.hidden_size, pooling=cfg.pooling,
+                                        prompts=meta.get("prompts") or {}, max_length=max_length)
+        sizes = export_sizes(model, cfg, fmt, dtype=dtype, int8_embeddings=int8_embeddings)
+        if tensor_sizes(tensors) != sizes["components"]:
+            raise RuntimeError(f"internal: size accounting {sizes['components']} != written {tensor_sizes(tensors)}")
+        with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+            f.write(model_card(cfg, meta, fmt, sizes, linear_class=linear_class))
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if push_to_hub is not None:
+        from bitembed_jax.export.hub import push_to_hub as push
+        push(out_dir, push_to_hub, private=private, client=hub_client, log=log)
+    return out_dir
