@@ -87,6 +87,7 @@ class TensorSource:
         self.where: dict[str, str] = {}
         self.shapes: dict[str, tuple] = {}
         self._bin: dict[str, dict] = {}
+        self._open: dict = {}
         files = self._weight_files()
         for f in files:
             full = os.path.join(path, f)
@@ -130,9 +131,10 @@ class TensorSource:
         full = self.where[name]
         try:
             if full.endswith(".safetensors"):
-                from safetensors import safe_open
-                with safe_open(full, framework="flax") as f:
-                    return np.asarray(f.get_tensor(name).astype(jnp.float32))
+                if full not in self._open:
+                    from safetensors import safe_open
+                    self._open[full] = safe_open(full, framework="flax")
+                return np.asarray(self._open[full].get_tensor(name).astype(jnp.float32))
             return self._bin[full][name].float().numpy()
         except Exception as e:
             raise CheckpointImportError(f"{full}: cannot read tensor {name} (corrupt or truncated?): {e}") from e

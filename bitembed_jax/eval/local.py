@@ -60,6 +60,21 @@ def _read_jsonl(path: str, kind: str) -> tuple[list[str], list[str]]:
     return ids, texts
 
 
+def _tsv_rows(path: str, header: list[str], hint: str):
+    """(line number, 3 columns) of a tab-separated file with a fixed header; blank lines skipped."""
+    with open(path, encoding="utf-8") as f:
+        got = f.readline().rstrip("\r\n").split("\t")
+        if got[:len(header)] != header:
+            _fail(path, 1, f"header must be {hint}, got {got}")
+        for n, line in enumerate(f, 2):
+            if not line.strip():
+                continue
+            cols = line.rstrip("\r\n").split("\t")
+            if len(cols) != 3:
+                _fail(path, n, f"expected 3 tab-separated columns, got {len(cols)}")
+            yield n, cols
+
+
 def _read_qrels(path: str, query_ids, corpus_ids):
     """query -> {doc: relevance} for known ids; unknown ids and unjudged queries are counted, not fatal."""
     if not os.path.exists(path):
@@ -67,26 +82,17 @@ def _read_qrels(path: str, query_ids, corpus_ids):
     known_q, known_d = set(query_ids), set(corpus_ids)
     qrels: dict[str, dict[str, int]] = {}
     skipped = {"unknown_query_id": 0, "unknown_corpus_id": 0, "queries_without_relevant": 0}
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\r\n").split("\t")
-        if header[:3] != ["query-id", "corpus-id", "score"]:
-            _fail(path, 1, f"header must be query-id<TAB>corpus-id<TAB>score, got {header}")
-        for n, line in enumerate(f, 2):
-            if not line.strip():
-                continue
-            cols = line.rstrip("\r\n").split("\t")
-            if len(cols) != 3:
-                _fail(path, n, f"expected 3 tab-separated columns, got {len(cols)}")
-            try:
-                rel = int(cols[2])
-            except ValueError:
-                _fail(path, n, f"score must be an integer, got {cols[2]!r}")
-            if cols[0] not in known_q:
-                skipped["unknown_query_id"] += 1
-            elif cols[1] not in known_d:
-                skipped["unknown_corpus_id"] += 1
-            else:
-                qrels.setdefault(cols[0], {})[cols[1]] = rel
+    for n, cols in _tsv_rows(path, ["query-id", "corpus-id", "score"], "query-id<TAB>corpus-id<TAB>score"):
+        try:
+            rel = int(cols[2])
+        except ValueError:
+            _fail(path, n, f"score must be an integer, got {cols[2]!r}")
+        if cols[0] not in known_q:
+            skipped["unknown_query_id"] += 1
+        elif cols[1] not in known_d:
+            skipped["unknown_corpus_id"] += 1
+        else:
+            qrels.setdefault(cols[0], {})[cols[1]] = rel
     # as mteb does: a query with no relevant document has no meaningful score
     for q in [q for q, docs in qrels.items() if max(docs.values()) <= 0]:
         del qrels[q]
@@ -119,24 +125,15 @@ def read_sts(path: str, limit: int | None = None) -> StsData:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found")
     scores, s1, s2 = [], [], []
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\r\n").split("\t")
-        if header != ["score", "s1", "s2"]:
-            _fail(path, 1, f"header must be score<TAB>s1<TAB>s2, got {header}")
-        for n, line in enumerate(f, 2):
-            if limit is not None and len(scores) >= limit:
-                break
-            if not line.strip():
-                continue
-            cols = line.rstrip("\r\n").split("\t")
-            if len(cols) != 3:
-                _fail(path, n, f"expected 3 tab-separated columns, got {len(cols)}")
-            try:
-                scores.append(float(cols[0]))
-            except ValueError:
-                _fail(path, n, f"score must be a number, got {cols[0]!r}")
-            s1.append(cols[1])
-            s2.append(cols[2])
+    for n, cols in _tsv_rows(path, ["score", "s1", "s2"], "score<TAB>s1<TAB>s2"):
+        if limit is not None and len(scores) >= limit:
+            break
+        try:
+            scores.append(float(cols[0]))
+        except ValueError:
+            _fail(path, n, f"score must be a number, got {cols[0]!r}")
+        s1.append(cols[1])
+        s2.append(cols[2])
     if len(scores) < 2:
         raise ValueError(f"{path}: need at least 2 pairs for a correlation, got {len(scores)}")
     return StsData(os.path.splitext(os.path.basename(path))[0], np.asarray(scores), s1, s2)

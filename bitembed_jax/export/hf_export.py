@@ -57,7 +57,7 @@ from bitembed_jax.convert.name_maps import INVERSE, LINEAR, expand
 from bitembed_jax.export.model_card import export_sizes, linears, model_card, tensor_sizes
 from bitembed_jax.export.packing import pack_base3, pack_bitnet_2bit
 from bitembed_jax.export.st_files import write_sentence_transformers, write_tokenizer
-from bitembed_jax.io.model_dir import CONFIG_NAME, check_writable, load_model_dir, read_config
+from bitembed_jax.io.model_dir import CONFIG_NAME, check_writable, load_model_dir, read_config, resolve_model_dir
 from bitembed_jax.io.state_paths import flat_params
 
 FORMATS = ("bitnet-2bit", "base3")
@@ -66,13 +66,6 @@ LINEAR_CLASSES = ("bitlinear", "autobitlinear")
 WEIGHTS = "model.safetensors"
 FORMAT_VERSION = 1
 DEFAULT_MAX_LENGTH = 512
-
-
-def resolve_checkpoint(path: str) -> str:
-    """A model folder, or a training workdir holding one in ``model/``."""
-    if not os.path.exists(os.path.join(path, CONFIG_NAME)) and os.path.exists(os.path.join(path, "model", CONFIG_NAME)):
-        return os.path.join(path, "model")
-    return path
 
 
 def refusal(cfg, fmt: str, *, int8_embeddings: bool = False) -> str | None:
@@ -243,7 +236,7 @@ def export(checkpoint_dir: str, out_dir: str, *, fmt: str = "bitnet-2bit", overw
     if push_to_hub is not None:
         from bitembed_jax.export.hub import check_repo_id
         check_repo_id(push_to_hub)
-    checkpoint_dir = resolve_checkpoint(checkpoint_dir)
+    checkpoint_dir = resolve_model_dir(checkpoint_dir)
     out_dir = os.path.abspath(out_dir)
     src, dst = os.path.realpath(checkpoint_dir), os.path.realpath(out_dir)
     if os.path.commonpath([src, dst]) in (src, dst):

@@ -61,6 +61,14 @@ def save_model_dir(out_dir: str, model, cfg: ModelConfig, *, tokenizer_dir=None,
     return out_dir
 
 
+def resolve_model_dir(path: str) -> str:
+    """A model folder, or a training workdir standing for the model folder it produced (``model/``)."""
+    inner = os.path.join(path, "model")
+    if not os.path.exists(os.path.join(path, CONFIG_NAME)) and os.path.exists(os.path.join(inner, CONFIG_NAME)):
+        return inner
+    return path
+
+
 def read_config(model_dir: str) -> tuple[ModelConfig, dict]:
     path = os.path.join(model_dir, CONFIG_NAME)
     if not os.path.exists(path):

@@ -15,7 +15,7 @@ from bitembed_jax.models.presets import PRESETS
 from bitembed_jax.parallel.mesh import make_mesh
 from bitembed_jax.train.loop import uses_teacher, validate_config
 from bitembed_jax.train.optimizer import make_optimizer
-from bitembed_jax.train.step import BATCH_KEYS, make_train_step
+from bitembed_jax.train.step import BATCH_KEYS, make_train_step, with_shardings
 
 GIB = 1024 ** 3
 # per-chip HBM and peak bf16 FLOP/s of the TPU generations users rent
@@ -61,10 +61,6 @@ def abstract_batch(cfg, shardings):
             for key in BATCH_KEYS if key in shardings}
 
 
-def _abstract(tree, shardings):
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree, shardings)
-
-
 def compile_step(cfg, devices):
     """Lower and compile the train step (with the teacher for fine-tuning configs) for ``devices``."""
     validate_config(cfg, len(devices), check_paths=False)
@@ -80,11 +76,11 @@ def compile_step(cfg, devices):
         fns = make_train_step(cfg, graphdef, abs_state, mesh, tx, schedule, loss_and_grads=finetune_loss_and_grads,
                               teacher=(t_graphdef, t_state))
         t_abs = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), nnx.to_pure_dict(t_state))
-        extra = (_abstract(t_abs, fns.teacher_shardings),)
+        extra = (with_shardings(t_abs, fns.teacher_shardings),)
     else:
         fns = make_train_step(cfg, graphdef, abs_state, mesh, tx, schedule)
         extra = ()
-    state = _abstract(fns.abstract_state, fns.state_shardings)
+    state = with_shardings(fns.abstract_state, fns.state_shardings)
     lowered = fns.step.lower(state, abstract_batch(cfg, fns.batch_shardings), *extra)
     return lowered.compile(), mcfg
 

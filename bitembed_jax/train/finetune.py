@@ -14,7 +14,8 @@ def _encode(model, inputs, pooling, layer):
     return pool(out.last_hidden_state, mask, pooling), out.qkv
 
 
-def finetune_loss_and_grads(params, batch, *, graphdef, mesh, cfg, teacher_params, teacher_graphdef):
+def finetune_loss_and_grads(params, batch, *, graphdef, mesh, cfg, teacher_params, teacher_graphdef,
+                            model_shardings=None):
     d = cfg.distill
     q_in, p_in, n_in = split_inputs(batch)
     k = batch["negative_ids"].shape[1] if n_in is not None else 0

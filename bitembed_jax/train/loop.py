@@ -8,12 +8,12 @@ import numpy as np
 from flax import nnx
 
 from bitembed_jax.io import paths
-from bitembed_jax.io.model_dir import CONFIG_NAME, load_model_dir, save_model_dir
+from bitembed_jax.io.model_dir import CONFIG_NAME, load_model_dir, resolve_model_dir, save_model_dir
 from bitembed_jax.parallel.mesh import make_mesh, maybe_initialize_distributed, mesh_shape
 from bitembed_jax.train.checkpoint import Checkpointer, check_or_write_config
 from bitembed_jax.train.metrics import MetricsWriter
 from bitembed_jax.train.optimizer import make_optimizer
-from bitembed_jax.train.step import make_train_step
+from bitembed_jax.train.step import make_train_step, with_shardings
 
 
 class NonFiniteLoss(RuntimeError):
@@ -96,14 +96,6 @@ def load_teacher(cfg, student_cfg):
     return model
 
 
-def resolve_model_dir(path: str) -> str:
-    """A training work dir stands for the model folder it produced."""
-    inner = os.path.join(path, "model")
-    if not os.path.exists(os.path.join(path, CONFIG_NAME)) and os.path.exists(os.path.join(inner, CONFIG_NAME)):
-        return inner
-    return path
-
-
 def load_student(init, dtype: str, remat: bool):
     """(model, cfg) from one of our model folders or a local HF folder (converted on the fly)."""
     path = init.model
@@ -176,9 +168,7 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
     data_iter = iter(pipeline)
     start = ckpt.latest_step()
     if start is not None:
-        abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                fns.abstract_state, fns.state_shardings)
-        state, data_state = ckpt.restore(start, abstract)
+        state, data_state = ckpt.restore(start, with_shardings(fns.abstract_state, fns.state_shardings))
         data_iter.set_state(data_state)
     else:
         start = 0

@@ -78,7 +78,7 @@ def multi_precision_info_nce(mesh, q, p, negs, *, temperature, loss_cfg):
     return total, metrics
 
 
-def contrastive_loss_and_grads(params, batch, *, graphdef, mesh, cfg, teacher_params=None, teacher_graphdef=None):
+def contrastive_loss_and_grads(params, batch, *, graphdef, mesh, cfg, model_shardings=None):
     """(loss, metrics, grads) for one global batch; GradCache chunking when cfg.loss.num_chunks > 1."""
     embed_fn = make_embed_fn(graphdef, cfg.init.pooling)
     q_in, p_in, n_in = split_inputs(batch)
@@ -92,8 +92,7 @@ def contrastive_loss_and_grads(params, batch, *, graphdef, mesh, cfg, teacher_pa
         temp = temperature_of(params, cfg.loss)  # fixed: config validation forbids learnable + chunks
         loss, aux, grads = grad_cache_step(
             embed_fn, params["model"], q_in, p_in, n_in,
-            lambda q, p, n: loss_on_embeddings(q, p, n, temp), cfg.loss.num_chunks,
-            param_shardings=state_shardings(nnx.split(nnx.merge(graphdef, params["model"]))[1], mesh))
+            lambda q, p, n: loss_on_embeddings(q, p, n, temp), cfg.loss.num_chunks, param_shardings=model_shardings)
         return loss, aux, {"model": grads}
 
     def full_loss(prm):
@@ -104,6 +103,11 @@ def contrastive_loss_and_grads(params, batch, *, graphdef, mesh, cfg, teacher_pa
 
     (loss, aux), grads = jax.value_and_grad(full_loss, has_aux=True)(params)
     return loss, aux, grads
+
+
+def with_shardings(tree, shardings):
+    """ShapeDtypeStructs carrying ``shardings``: restore targets and AOT inputs, no memory allocated."""
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree, shardings)
 
 
 def batch_shardings(mesh, has_negatives: bool):
@@ -144,7 +148,8 @@ def make_train_step(cfg, graphdef, abstract_model_state, mesh, tx, schedule, *, 
 
     def step_fn(state, batch, teacher_params=None):
         kw = {} if teacher is None else {"teacher_params": teacher_params, "teacher_graphdef": teacher[0]}
-        loss, aux, grads = loss_and_grads(state["params"], batch, graphdef=graphdef, mesh=mesh, cfg=cfg, **kw)
+        loss, aux, grads = loss_and_grads(state["params"], batch, graphdef=graphdef, mesh=mesh, cfg=cfg,
+                                          model_shardings=params_sh["model"], **kw)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"]),
