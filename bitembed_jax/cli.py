@@ -6,11 +6,16 @@ import sys
 
 
 def _convert(args):
-    from bitembed_jax.convert.hf_import import convert
-
     opts = dict(mode="bitnet" if args.bitnet else "fp", norm=args.norm, act_bits=args.act_bits,
                 attention=args.attention, pooling=args.pooling)
-    out = convert(args.hf, args.out, overwrite=args.overwrite, **opts)
+    if args.gguf:
+        from bitembed_jax.convert.gguf_import import convert_gguf
+
+        out = convert_gguf(args.gguf, args.out, overwrite=args.overwrite, **opts)
+    else:
+        from bitembed_jax.convert.hf_import import convert
+
+        out = convert(args.hf, args.out, overwrite=args.overwrite, **opts)
     print(f"wrote {opts['mode']} encoder to {out}")
 
 
@@ -93,8 +98,10 @@ def build_parser():
     p = argparse.ArgumentParser(prog="bitembed-jax", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("convert", help="import a local Hugging Face checkpoint folder into a bitembed-jax model")
-    c.add_argument("--hf", required=True, help="local HF folder (config.json + safetensors or pytorch_model.bin)")
+    c = sub.add_parser("convert", help="import a local Hugging Face checkpoint folder or GGUF file into a bitembed-jax model")
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("--hf", help="local HF folder (config.json + safetensors or pytorch_model.bin)")
+    src.add_argument("--gguf", help="a GGUF file (read and dequantized by transformers; needs the gguf package)")
     c.add_argument("--out", required=True)
     c.add_argument("--bitnet", action="store_true", help="ternary weights + low-bit activations (else fp)")
     c.add_argument("--norm", default="per_linear", choices=["per_linear", "subln", "none"])

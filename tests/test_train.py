@@ -112,7 +112,41 @@ def test_nonfinite_loss_stops_and_keeps_checkpoint(bitnet_dir, tmp_path):
     ("--config.loss.num_chunks=3", r"config.loss.num_chunks=3"),
     ("--config.data.train_files=/nonexistent.jsonl", r"config.data.train_files: /nonexistent.jsonl not found"),
     ("--config.init.model=/nonexistent", r"config.init.model='/nonexistent' is not a local folder"),
+    ("--config.train.freeze=['[']", r"config.train.freeze: '\[' is not a valid regular expression"),
 ])
 def test_config_errors(bitnet_dir, override, match):
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         validate_config(quick_cfg(bitnet_dir, override), 8)
+
+
+def test_freeze_keeps_embeddings_and_drops_their_moments(bitnet_dir, tmp_path):
+    from flax import nnx
+
+    from bitembed_jax.io.model_dir import load_model_dir
+    from bitembed_jax.io.state_paths import flat_params
+    from bitembed_jax.train.optimizer import make_optimizer
+
+    cfg = quick_cfg(bitnet_dir, "--config.train.freeze=['embed_tokens']", "--config.train.num_steps=3")
+    out = train(cfg, str(tmp_path))
+    model, _ = load_model_dir(bitnet_dir)
+    before = {k: np.asarray(v) for k, v in flat_params(nnx.state(model)).items()}
+    after = {k: np.asarray(v) for k, v in flat_params(nnx.state(load_model_dir(out)[0])).items()}
+    assert np.array_equal(before["embed_tokens.embedding"], after["embed_tokens.embedding"])
+    changed = [k for k in before if not np.array_equal(before[k], after[k])]
+    assert len(changed) > len(before) // 2, changed  # everything else trains
+    assert not any("embed_tokens" in k for k in changed)
+    # AdamW keeps two moments per trainable parameter and none for the frozen table
+    params = {"model": nnx.to_pure_dict(nnx.state(model))}
+    sizes = lambda tree: sum(x.size for x in jax.tree.leaves(tree) if hasattr(x, "size") and x.ndim)  # noqa: E731
+    opt = make_optimizer(cfg.train)[0].init(params)
+    assert sizes(opt) == 2 * (sizes(params) - before["embed_tokens.embedding"].size)
+
+
+@pytest.mark.parametrize("pattern,match", [
+    ("no_such_param", r"config.train.freeze: 'no_such_param' matches no parameter"),
+    (".", r"freezes every parameter"),
+])
+def test_freeze_errors(bitnet_dir, tmp_path, pattern, match):
+    with pytest.raises(ValueError, match=match):
+        train(quick_cfg(bitnet_dir, f"--config.train.freeze=['{pattern}']"), str(tmp_path))
+    assert not os.path.exists(tmp_path / "checkpoints") or not os.listdir(tmp_path / "checkpoints")

@@ -180,20 +180,22 @@ def _inserted_norm(path: str) -> bool:
     return path.endswith((".norm.weight", "o_norm.weight", "down_norm.weight"))
 
 
-def import_hf(path: str, **encoder_opts):
-    """(model, cfg) from a local HF folder. ``encoder_opts`` are ModelConfig fields (mode, norm, ...)."""
+def read_hf_config(path: str) -> tuple[dict, str]:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
         raise CheckpointImportError(f"{cfg_path} not found: {path} is not a Hugging Face model folder")
     try:
         with open(cfg_path) as f:
-            hf = json.load(f)
+            return json.load(f), cfg_path
     except json.JSONDecodeError as e:
         raise CheckpointImportError(f"{cfg_path}: invalid JSON: {e}") from e
-    cfg = model_config_from_hf(hf, cfg_path, **encoder_opts)
+
+
+def import_from_source(hf: dict, src, config_path: str, **encoder_opts):
+    """(model, cfg) from an HF config dict and a tensor source (``path``, ``where``, ``shapes``, ``get``)."""
+    cfg = model_config_from_hf(hf, config_path, **encoder_opts)
     graphdef, abs_state = nnx.split(abstract_model(cfg))
     abs_leaves = flat_params(abs_state)
-    src = TensorSource(path)
     plan = plan_import(src, cfg, {k: v.shape for k, v in abs_leaves.items()})
     values = {}
     for hf_name, ours, transform in plan:
@@ -204,6 +206,13 @@ def import_hf(path: str, **encoder_opts):
                 raise CheckpointImportError(f"internal: no HF tensor maps to {p}")
             values[p] = jnp.ones(leaf.shape, leaf.dtype)
     return nnx.merge(graphdef, fill_state(abs_state, values)), cfg
+
+
+def import_hf(path: str, **encoder_opts):
+    """(model, cfg) from a local HF folder. ``encoder_opts`` are ModelConfig fields (mode, norm, ...)."""
+    hf, cfg_path = read_hf_config(path)
+    model_config_from_hf(hf, cfg_path, **encoder_opts)  # a bad config fails before the weights are scanned
+    return import_from_source(hf, TensorSource(path), cfg_path, **encoder_opts)
 
 
 def convert(hf_path: str, out_dir: str, *, overwrite: bool = False, **encoder_opts) -> str:

