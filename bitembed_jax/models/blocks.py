@@ -12,6 +12,10 @@ from bitembed_jax.layers.bitlinear import BitLinear
 from bitembed_jax.layers.norms import RMSNorm
 from bitembed_jax.models.attention import apply_rope, gqa_attention
 from bitembed_jax.models.config import ModelConfig
+from bitembed_jax.parallel.sharding import constrain
+
+QHEADS = ("batch", "length", "heads", "head_dim")
+KVHEADS = ("batch", "length", "kv_heads", "head_dim")
 
 
 def linear(cfg: ModelConfig, din: int, dout: int, axes, rngs, bias: bool = False) -> BitLinear:
@@ -49,9 +53,9 @@ class Attention(nnx.Module):
 
     def __call__(self, x, cos, sin, mask, return_qkv: bool = False):
         bsz, t, _ = x.shape
-        q = self.q_norm(self.q_proj(x).reshape(bsz, t, self.num_heads, self.head_dim))
-        k = self.k_norm(self.k_proj(x).reshape(bsz, t, self.num_kv_heads, self.head_dim))
-        v = self.v_proj(x).reshape(bsz, t, self.num_kv_heads, self.head_dim)
+        q = constrain(self.q_norm(self.q_proj(x).reshape(bsz, t, self.num_heads, self.head_dim)), QHEADS)
+        k = constrain(self.k_norm(self.k_proj(x).reshape(bsz, t, self.num_kv_heads, self.head_dim)), KVHEADS)
+        v = constrain(self.v_proj(x).reshape(bsz, t, self.num_kv_heads, self.head_dim), KVHEADS)
         qkv = None
         if return_qkv:
             rep = self.num_heads // self.num_kv_heads
@@ -73,7 +77,7 @@ class GatedMLP(nnx.Module):
         self.activation = activation
 
     def __call__(self, x):
-        h = self.activation(self.gate_proj(x)) * self.up_proj(x)
+        h = constrain(self.activation(self.gate_proj(x)) * self.up_proj(x), ("batch", "length", "mlp"))
         if self.down_norm is not None:
             h = self.down_norm(h)
         return self.down_proj(h)

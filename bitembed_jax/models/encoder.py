@@ -7,6 +7,9 @@ from flax import nnx
 
 from bitembed_jax.models.attention import attention_mask, rope_cos_sin
 from bitembed_jax.models.config import ModelConfig
+from bitembed_jax.parallel.sharding import constrain
+
+HIDDEN = ("batch", "length", "activation_embed")
 
 
 class EncoderOutput(NamedTuple):
@@ -20,7 +23,7 @@ class Embedding(nnx.Module):
         self.embedding = nnx.Param(init(rngs.params(), (vocab, dim), jnp.float32), out_sharding=("vocab", "embed"))
 
     def __call__(self, ids):
-        return jnp.take(self.embedding[...], ids, axis=0)
+        return constrain(jnp.take(self.embedding[...], ids, axis=0), ("lookup_batch", "length", "embed"))
 
 
 class Encoder(nnx.Module):
@@ -44,7 +47,7 @@ class Encoder(nnx.Module):
         if self.embed_scale is not None:
             # HF casts the scale to the embedding dtype before multiplying
             x = x * jnp.asarray(self.embed_scale, x.dtype)
-        x = x.astype(cfg.compute_dtype)
+        x = constrain(x.astype(cfg.compute_dtype), HIDDEN)
         causal = cfg.attention == "causal"
         masks = {"full_attention": attention_mask(attention_mask_, causal=causal)}
         if "sliding_attention" in cfg.layer_types:
@@ -61,6 +64,7 @@ class Encoder(nnx.Module):
                 x, out_qkv = nnx.remat(lambda l, *a: l(*a), static_argnums=(5,))(layer, x, cos, sin, masks[kind], want)
             else:
                 x, out_qkv = layer(x, cos, sin, masks[kind], want)
+            x = constrain(x, HIDDEN)
             if want:
                 qkv = out_qkv
         return EncoderOutput(self.norm(x), qkv)

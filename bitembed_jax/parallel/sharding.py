@@ -20,6 +20,11 @@ RULES = (
     ("head_dim", None),
     ("norm", None),
     ("length", None),
+    # activations keep their feature dim whole: FSDP gathers weights, never activations
+    ("activation_embed", None),
+    # the token-embedding lookup's output follows the table's FSDP-sharded feature dim, batch over data only,
+    # so its gradient scatter-adds into each device's slice of the table (not into a full-size table per device)
+    ("lookup_batch", "data"),
     ("candidates", None),
 )
 
@@ -35,6 +40,17 @@ def logical_spec(names) -> PartitionSpec:
 
 def logical_sharding(mesh, names) -> NamedSharding:
     return NamedSharding(mesh, logical_spec(names))
+
+
+def constrain(x, names):
+    """Pin an activation's layout by logical names when traced under a mesh (the train step sets one).
+
+    Without it XLA's sharding propagation may follow a weight's FSDP sharding instead of the batch's and
+    replicate activations over the fsdp axis. A no-op outside a mesh (single-device inference).
+    """
+    if jax.sharding.get_abstract_mesh().empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_spec(names))
 
 
 def state_specs(state) -> dict:

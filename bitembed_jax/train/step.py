@@ -156,8 +156,9 @@ def make_train_step(cfg, graphdef, abstract_model_state, mesh, tx, schedule, *, 
 
     def step_fn(state, batch, teacher_params=None):
         kw = {} if teacher is None else {"teacher_params": teacher_params, "teacher_graphdef": teacher[0]}
-        loss, aux, grads = loss_and_grads(state["params"], batch, graphdef=graphdef, mesh=mesh, cfg=cfg,
-                                          model_shardings=params_sh["model"], **kw)
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # the models' activation constraints use it
+            loss, aux, grads = loss_and_grads(state["params"], batch, graphdef=graphdef, mesh=mesh, cfg=cfg,
+                                              model_shardings=params_sh["model"], **kw)
         if freeze:  # unused, the frozen parameters' gradients are never computed (dead code to XLA)
             grads = jax.tree.map(lambda g, f: jnp.zeros_like(g) if f else g, grads, frozen)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
