@@ -51,6 +51,7 @@ def test_loss_decreases_and_model_saved(data8_run):
     assert os.path.isdir(os.path.join(wd, "tensorboard"))
     row = json.loads(open(os.path.join(wd, "metrics.jsonl")).readline())
     assert {"loss", "accuracy", "learning_rate", "grad_norm", "pairs_per_s", "tokens_per_s"} <= set(row)
+    assert 0 < row["tokens_per_s"] < row["padded_tokens_per_s"]  # real tokens: the sample pairs are padded
 
 
 @pytest.fixture(scope="module")

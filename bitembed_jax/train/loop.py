@@ -187,10 +187,14 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
     preempt = _Preemption()
     tokens_per_pair = cfg.data.query_max_len + cfg.data.passage_max_len * (1 + cfg.data.num_negatives)
     last_good = start
-    t0 = time.perf_counter()
+    t0, real_tokens = time.perf_counter(), 0
     try:
         for step in range(start + 1, int(cfg.train.num_steps) + 1):
-            batch = global_batch(next(data_iter), fns.batch_shardings)
+            host_batch = next(data_iter)
+            # non-padding tokens; hosts feed equal slices of the global batch
+            real_tokens += jax.process_count() * sum(int(np.sum(v)) for k, v in host_batch.items()
+                                                     if k.endswith("_mask"))
+            batch = global_batch(host_batch, fns.batch_shardings)
             state, metrics = fns.step(state, batch, *teacher_args)
             metrics = jax.device_get(metrics)
             if not np.isfinite(metrics["loss"]):
@@ -201,10 +205,10 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
             if step % cfg.train.log_every == 0 or step == cfg.train.num_steps:
                 dt = time.perf_counter() - t0
                 n = cfg.train.log_every if step % cfg.train.log_every == 0 else step % cfg.train.log_every
-                metrics.update(pairs_per_s=n * cfg.train.batch_size / dt,
-                               tokens_per_s=n * cfg.train.batch_size * tokens_per_pair / dt)
+                metrics.update(pairs_per_s=n * cfg.train.batch_size / dt, tokens_per_s=real_tokens / dt,
+                               padded_tokens_per_s=n * cfg.train.batch_size * tokens_per_pair / dt)
                 writer.write(step, metrics)
-                t0 = time.perf_counter()
+                t0, real_tokens = time.perf_counter(), 0
             ckpt.save(step, state, data_iter.get_state(), force=preempt.requested)
             if preempt.requested:
                 writer.message(f"SIGTERM: saved step {step}, stopping")
