@@ -63,6 +63,10 @@ def abstract_batch(cfg, shardings):
 
 def compile_step(cfg, devices):
     """Lower and compile the train step (with the teacher for fine-tuning configs) for ``devices``."""
+    if uses_teacher(cfg) and not cfg.teacher.model:
+        # only the teacher's architecture matters here, and it is the student's (in fp)
+        cfg = cfg.copy_and_resolve_references()
+        cfg.teacher.model = cfg.init.model
     validate_config(cfg, len(devices), check_paths=False)
     mesh = make_mesh(cfg.mesh, devices)
     mcfg = model_config_for(cfg)
