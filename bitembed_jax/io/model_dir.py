@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from bitembed_jax.io import paths
 from bitembed_jax.io.state_paths import fill_state, flat_params
 from bitembed_jax.models import ModelConfig, build_model
 
@@ -35,6 +36,17 @@ def abstract_model(cfg: ModelConfig):
 
 def save_model_dir(out_dir: str, model, cfg: ModelConfig, *, tokenizer_dir=None, extra: dict | None = None,
                    overwrite: bool = False):
+    if paths.is_remote(out_dir):  # e.g. WORKDIR/model of a pod run in a gs:// workdir
+        if paths.exists(paths.join(out_dir, CONFIG_NAME)) and not overwrite:
+            raise FileExistsError(f"{out_dir} holds a model; pass --overwrite to replace it")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = _save_local(os.path.join(tmp, "model"), model, cfg, tokenizer_dir, extra, False)
+            paths.copy_tree(local, out_dir, last=CONFIG_NAME)
+        return out_dir
+    return _save_local(out_dir, model, cfg, tokenizer_dir, extra, overwrite)
+
+
+def _save_local(out_dir, model, cfg, tokenizer_dir, extra, overwrite):
     out_dir = os.path.abspath(out_dir)
     check_writable(out_dir, overwrite)
     parent = os.path.dirname(out_dir)

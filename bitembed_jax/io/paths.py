@@ -30,3 +30,16 @@ def write_text_atomic(path: str, text: str):
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def copy_tree(src: str, dst: str, last: str | None = None):
+    """Copy a local folder to ``dst`` (local or remote) file by file; ``last`` (a file name in ``src``)
+    is written after everything else, so a reader that checks for it never sees a half-copied folder."""
+    files = sorted(os.path.relpath(os.path.join(d, f), src) for d, _, fs in os.walk(src) for f in fs)
+    if last is not None:
+        files = [f for f in files if f != last] + [last]
+    for rel in files:
+        target = epath.Path(dst).joinpath(rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(os.path.join(src, rel), "rb") as f:
+            target.write_bytes(f.read())
