@@ -38,8 +38,8 @@ def _check_file(gguf_file: str):
         raise CheckpointImportError(f"{gguf_file}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
 
 
-def load_gguf(gguf_file: str):
-    """(HF config dict, tensor source, tokenizer) of a GGUF file, dequantized to fp32 by transformers."""
+def load_gguf(gguf_file: str, **encoder_opts):
+    """(our ModelConfig, tensor source, tokenizer) of a GGUF file, dequantized to fp32 by transformers."""
     _check_file(gguf_file)
     try:
         import torch
@@ -52,16 +52,16 @@ def load_gguf(gguf_file: str):
     except Exception as e:  # transformers' message names the unsupported architecture
         raise CheckpointImportError(f"{gguf_file}: transformers cannot read this GGUF file: {e}") from e
     # the architecture check happens before the (slow) dequantization of every tensor
-    model_config_from_hf(hf_cfg.to_dict(), gguf_file)
+    cfg = model_config_from_hf(hf_cfg.to_dict(), gguf_file, **encoder_opts)
     lm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    return lm.config.to_dict(), StateDictSource(gguf_file, lm.state_dict()), tok
+    return cfg, StateDictSource(gguf_file, lm.state_dict()), tok
 
 
 def import_gguf(gguf_file: str, **encoder_opts):
     """(model, cfg, tokenizer) from a GGUF file; ``encoder_opts`` as for ``import_hf``."""
-    hf, src, tok = load_gguf(gguf_file)
-    model, cfg = import_from_source(hf, src, gguf_file, **encoder_opts)
+    cfg, src, tok = load_gguf(gguf_file, **encoder_opts)
+    model, cfg = import_from_source(cfg, src)
     return model, cfg, tok
 
 

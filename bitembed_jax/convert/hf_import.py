@@ -191,9 +191,8 @@ def read_hf_config(path: str) -> tuple[dict, str]:
         raise CheckpointImportError(f"{cfg_path}: invalid JSON: {e}") from e
 
 
-def import_from_source(hf: dict, src, config_path: str, **encoder_opts):
-    """(model, cfg) from an HF config dict and a tensor source (``path``, ``where``, ``shapes``, ``get``)."""
-    cfg = model_config_from_hf(hf, config_path, **encoder_opts)
+def import_from_source(cfg: ModelConfig, src):
+    """(model, cfg) from our config and a tensor source (``path``, ``where``, ``shapes``, ``get``)."""
     graphdef, abs_state = nnx.split(abstract_model(cfg))
     abs_leaves = flat_params(abs_state)
     plan = plan_import(src, cfg, {k: v.shape for k, v in abs_leaves.items()})
@@ -211,8 +210,8 @@ def import_from_source(hf: dict, src, config_path: str, **encoder_opts):
 def import_hf(path: str, **encoder_opts):
     """(model, cfg) from a local HF folder. ``encoder_opts`` are ModelConfig fields (mode, norm, ...)."""
     hf, cfg_path = read_hf_config(path)
-    model_config_from_hf(hf, cfg_path, **encoder_opts)  # a bad config fails before the weights are scanned
-    return import_from_source(hf, TensorSource(path), cfg_path, **encoder_opts)
+    cfg = model_config_from_hf(hf, cfg_path, **encoder_opts)  # a bad config fails before the weights are scanned
+    return import_from_source(cfg, TensorSource(path))
 
 
 def convert(hf_path: str, out_dir: str, *, overwrite: bool = False, **encoder_opts) -> str:
