@@ -10,8 +10,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bitembed_jax.layers.norms import RMSNorm
-from bitembed_jax.quant.activation import absmax_ste
-from bitembed_jax.quant.ternary import ternary_int, ternary_ste
+from bitembed_jax.quant.bitmatmul import bit_matmul
+from bitembed_jax.quant.ternary import ternary_int
 
 MODES = ("fp", "ternary")
 
@@ -54,13 +54,11 @@ class BitLinear(nnx.Module):
             x = self.norm(x)
         w = self.kernel[...]
         if self.mode == "ternary":
-            x = absmax_ste(x, self.act_bits)
-            if self.frozen_scale is None:
-                w = ternary_ste(w, self.per_row_scale)
-            else:
-                scale = self.frozen_scale[...]
-                w = (jnp.clip(jnp.round(w / scale), -1, 1) * scale).astype(w.dtype)
-        y = jnp.dot(x.astype(self.dtype), w.astype(self.dtype), preferred_element_type=jnp.float32)
+            scale = None if self.frozen_scale is None else self.frozen_scale[...]
+            y = bit_matmul(x, w, bits=self.act_bits, per_row=self.per_row_scale, frozen_scale=scale,
+                           dtype=self.dtype)
+        else:
+            y = jnp.dot(x.astype(self.dtype), w.astype(self.dtype), preferred_element_type=jnp.float32)
         if self.bias is not None:
             y = y + self.bias[...]
         return y.astype(self.dtype)
