@@ -191,12 +191,10 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
     try:
         for step in range(start + 1, int(cfg.train.num_steps) + 1):
             host_batch = next(data_iter)
-            # non-padding tokens; hosts feed equal slices of the global batch
-            real_tokens += jax.process_count() * sum(int(np.sum(v)) for k, v in host_batch.items()
-                                                     if k.endswith("_mask"))
             batch = global_batch(host_batch, fns.batch_shardings)
             state, metrics = fns.step(state, batch, *teacher_args)
             metrics = jax.device_get(metrics)
+            real_tokens += int(metrics.pop("tokens"))
             if not np.isfinite(metrics["loss"]):
                 raise NonFiniteLoss(f"loss is {metrics['loss']} at step {step}; stopping. The last good "
                                     f"checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is intact.")

@@ -163,8 +163,10 @@ def make_train_step(cfg, graphdef, abstract_model_state, mesh, tx, schedule, *, 
             grads = jax.tree.map(lambda g, f: jnp.zeros_like(g) if f else g, grads, frozen)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
+        # non-padding tokens of the global batch: a sum over the sharded masks, so every host sees the total
+        tokens = sum(jnp.sum(v, dtype=jnp.int32) for k, v in batch.items() if k.endswith("_mask"))
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"]),
-                   **aux}
+                   "tokens": tokens, **aux}
         if cfg.loss.learnable_temperature:
             metrics["temperature"] = jnp.exp(-params["log_inv_temperature"])
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
