@@ -11,10 +11,14 @@ the BitNet b1.58 training recipe (per-linear RMSNorm, absmax int8 activations, a
 ``x + (q(x) - x).detach()``), with last-token pooling, the same loss, clipping and torch.optim.AdamW (decay on
 matrices only, as ours). ``fp`` runs both models unquantized, for context.
 
-Steps alternate between the two frameworks so load from other processes hits both alike. Prints a markdown
-table: steps/s and pairs/s from the median step time, the ratio, the ratio of the best (least disturbed) step
-times, and both first-step losses (same weights and batch, so they should agree: fp to ~1e-5, bitnet to a
-few 1e-3 since float-order differences flip some roundings).
+Steps alternate between the two frameworks so load from other processes hits both alike, with a pause
+before each (``--pause``): the worker threads of either framework keep spinning for a while after a step
+(OpenMP up to 200 ms) and would take the cores from the other's next step (without the pause the JAX bitnet
+step measured 0.87 s instead of 0.68 s). Prints a markdown table: steps/s and pairs/s from the median step
+time, the ratio, the ratio of the best (least disturbed) step times, and both first-step losses (same
+weights and batch, so they should agree: fp to ~1e-5, bitnet only to ~1e-2, because the activation
+rounding amplifies float-order differences: a 1e-6 relative change of the embeddings moves the last hidden
+states by ~2%).
 """
 import argparse
 import os
@@ -39,6 +43,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--mode", choices=["fp", "bitnet", "all"], default="all")
     p.add_argument("--threads", type=int, default=2, help="CPU cores for both frameworks")
+    p.add_argument("--pause", type=float, default=0.3,
+                   help="seconds before each timed step, so the other framework's worker threads (OpenMP spins "
+                        "up to 200 ms after a parallel region) are idle when the clock starts")
     return p.parse_args(argv)
 
 
@@ -188,6 +195,7 @@ def bench_mode(mode, args):
     times = [[], []]
     for _ in range(args.steps):
         for fn, ts in zip(fns, times):
+            time.sleep(args.pause)
             t = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - t)
