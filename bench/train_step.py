@@ -2,6 +2,7 @@
 
     python bench/train_step.py                       # batch 32 pairs, query 32 / passage 128 tokens
     python bench/train_step.py --batch 16 --plen 256 --steps 10 --mode bitnet
+    python bench/train_step.py --mode bitnet --profile /tmp/prof   # + XLA's per-op time table of the JAX step
 
 One step = embed the queries and passages, InfoNCE over in-batch negatives, backward, global-norm clip
 and AdamW update. JAX runs the real ``make_train_step`` (the contrastive loss of ``train``, one CPU
@@ -43,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--mode", choices=["fp", "bitnet", "all"], default="all")
     p.add_argument("--threads", type=int, default=2, help="CPU cores for both frameworks")
+    p.add_argument("--profile", metavar="DIR", help="also trace two JAX steps into DIR/MODE and print the "
+                   "per-op time table")
     p.add_argument("--pause", type=float, default=0.3,
                    help="seconds before each timed step, so the other framework's worker threads (OpenMP spins "
                         "up to 200 ms after a parallel region) are idle when the clock starts")
@@ -150,6 +153,7 @@ def jax_trainer(path, mode, args):
         box["state"], metrics = fns.step(box["state"], batch)  # the state is donated: keep the new one
         return float(metrics["loss"])  # waits for the step
 
+    step.hlo = lambda batch: fns.step.lower(box["state"], batch).compile().as_text()
     return step, place, mcfg.rms_norm_eps
 
 
@@ -170,6 +174,36 @@ def make_batch(args, seed=0):
     q_ids, q_mask = side(args.batch, args.qlen)
     p_ids, p_mask = side(args.batch, args.plen)
     return {"query_ids": q_ids, "query_mask": q_mask, "passage_ids": p_ids, "passage_mask": p_mask}
+
+
+def op_profile(trace_dir, run_step, hlo_text, steps=2, top=25):
+    """Trace ``steps`` JAX steps and print XLA's per-op thunk time per step, grouped by fusion kind and the
+    JAX operation it came from (the op_name metadata of the compiled HLO)."""
+    import collections
+    import glob
+    import gzip
+    import json
+    import re
+
+    import jax
+
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    for _ in range(steps):
+        run_step()
+    jax.profiler.stop_trace()
+    op_names = dict(re.findall(r'^\s+%(\S+) = .*?op_name="([^"]*)"', hlo_text, re.M))
+    trace = sorted(glob.glob(os.path.join(trace_dir, "plugins/profile/*/perfetto_trace.json.gz")))[-1]
+    with gzip.open(trace) as f:
+        events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    per_op = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and e["name"] in op_names:
+            kind = re.sub(r"[.]\d+$", "", e["name"])  # fusion kind without its instance number
+            per_op[f"{kind} | {op_names[e['name']]}"] += e["dur"] / 1e3 / steps
+    print(f"\nJAX per-op time, ms per step ({sum(per_op.values()):.0f} ms of thunks; trace in {trace_dir}):")
+    for name, ms in per_op.most_common(top):
+        print(f"{ms:8.1f}  {name}")
 
 
 def bench_mode(mode, args):
@@ -199,6 +233,8 @@ def bench_mode(mode, args):
             t = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - t)
+    if args.profile:
+        op_profile(os.path.join(args.profile, mode), lambda: j_step(j_batch), j_step.hlo(j_batch))
     med = [statistics.median(ts) for ts in times]
     best = [min(ts) for ts in times]
     spread = ", ".join(f"{n} {min(ts):.2f}/{statistics.median(ts):.2f}/{max(ts):.2f}"
