@@ -155,6 +155,19 @@ def build_parser():
     return p
 
 
+def _localize_model_args(args):
+    """encode / eval / export read model folders as local files: a gs:// one (or a gs:// training workdir)
+    is copied once to this host's cache (``paths.local_copy``). ``train`` does the same for its config."""
+    from bitembed_jax.io import paths
+
+    for name in ("model", "checkpoint", "teacher"):
+        value = getattr(args, name, None)
+        if isinstance(value, str) and paths.is_remote(value):
+            from bitembed_jax.io.model_dir import resolve_model_dir
+
+            setattr(args, name, paths.local_copy(resolve_model_dir(value), "models"))
+
+
 def main(argv=None):
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -164,6 +177,7 @@ def main(argv=None):
         if getattr(args, "takes_overrides", False):
             args.func(args, extra)
         else:
+            _localize_model_args(args)
             args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,6 +1,8 @@
 """Remote-path helpers: the model folder of a run in a gs:// workdir is built locally, then copied over."""
 import os
 
+import pytest
+
 from etils import epath
 
 from bitembed_jax.io import model_dir, paths
@@ -40,3 +42,77 @@ def test_save_model_dir_to_a_remote_folder(tiny_qwen3, tmp_path, monkeypatch):
     loaded, _ = model_dir.load_model_dir(out)
     a, b = flat_params(nnx.state(model)), flat_params(nnx.state(loaded))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+@pytest.fixture
+def bucket(tmp_path, monkeypatch):
+    """A local folder standing in for gs://: paths under it take the remote branches; the cache is private."""
+    root = tmp_path / "bucket"
+    root.mkdir()
+    monkeypatch.setattr(paths, "is_remote", lambda p: str(p).startswith(str(root)))
+    monkeypatch.setenv("BITEMBED_CACHE", str(tmp_path / "cache"))
+    return root
+
+
+def test_local_copy_downloads_once_and_refreshes_when_the_remote_changes(bucket, monkeypatch):
+    folder = bucket / "model"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "sub" / "w.bin").write_bytes(b"\x01\x02")
+    local = paths.local_copy(str(folder), "models")
+    assert local.startswith(paths.cache_root()) and not paths.is_remote(local)
+    assert open(os.path.join(local, "sub", "w.bin"), "rb").read() == b"\x01\x02"
+    opened = []
+    cls = type(epath.Path(str(folder)))
+    real_open = cls.open
+    monkeypatch.setattr(cls, "open", lambda self, *a, **k: (opened.append(self.name), real_open(self, *a, **k))[1])
+    assert paths.local_copy(str(folder), "models") == local and opened == []  # unchanged: no download
+    (folder / "sub" / "w.bin").write_bytes(b"\x01\x02\x03")  # replaced remotely: fetched again
+    assert paths.local_copy(str(folder), "models") == local and sorted(opened) == ["config.json", "w.bin"]
+    assert open(os.path.join(local, "sub", "w.bin"), "rb").read() == b"\x01\x02\x03"
+    single = paths.local_copy(str(folder / "config.json"), "data")
+    assert open(single).read() == "{}"
+    with pytest.raises(FileNotFoundError, match="missing"):
+        paths.local_copy(str(bucket / "missing"), "data")
+    assert paths.local_copy("/some/local/path", "data") == "/some/local/path"
+
+
+def test_training_with_every_path_remote(bucket, tiny_qwen3, tmp_path):
+    """init model, training file and work dir all on the stand-in bucket: each host reads local copies, builds
+    the dataset in its cache, and the run's outputs land in the bucket."""
+    import json
+    import shutil
+
+    from tests.test_train import quick_cfg
+    from bitembed_jax.convert.hf_import import convert
+    from bitembed_jax.train.loop import train
+
+    model = convert(tiny_qwen3, str(bucket / "init"), mode="bitnet")
+    sample = quick_cfg(model).data.train_files[0]
+    data = str(bucket / "pairs.jsonl")
+    shutil.copy(sample, data)
+    workdir = str(bucket / "run")
+    out = train(quick_cfg(model, "--config.train.num_steps=2", "--config.checkpoint.every_steps=2",
+                          f"--config.data.train_files=['{data}']"), workdir)
+    assert out == os.path.join(workdir, "model") and os.path.exists(os.path.join(out, "bitembed_config.json"))
+    saved = json.load(open(os.path.join(workdir, "config.json")))
+    assert saved["init"]["model"] == model and saved["data"]["train_files"] == [data]  # the user's paths
+    cache = paths.cache_root()
+    assert os.listdir(os.path.join(cache, "models")) and os.listdir(os.path.join(cache, "data"))
+    assert os.listdir(os.path.join(cache, "datasets")) and not os.path.exists(os.path.join(workdir, "dataset"))
+
+
+def test_encode_from_a_remote_training_workdir(bucket, tiny_qwen3, tmp_path):
+    """`bitembed-jax encode --model gs://.../run` reads a local copy of the run's model folder."""
+    import numpy as np
+
+    from bitembed_jax.cli import main
+    from bitembed_jax.convert.hf_import import convert
+
+    convert(tiny_qwen3, str(bucket / "run" / "model"), mode="bitnet")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a first sentence\nand a second one\n")
+    out = str(tmp_path / "vecs.npy")
+    assert main(["encode", "--model", str(bucket / "run"), "--input", str(texts), "--out", out]) == 0
+    assert np.load(out).shape[0] == 2
+    assert os.listdir(os.path.join(paths.cache_root(), "models"))

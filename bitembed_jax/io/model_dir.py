@@ -75,8 +75,8 @@ def _save_local(out_dir, model, cfg, tokenizer_dir, extra, overwrite):
 
 def resolve_model_dir(path: str) -> str:
     """A model folder, or a training workdir standing for the model folder it produced (``model/``)."""
-    inner = os.path.join(path, "model")
-    if not os.path.exists(os.path.join(path, CONFIG_NAME)) and os.path.exists(os.path.join(inner, CONFIG_NAME)):
+    inner = paths.join(path, "model")
+    if not paths.exists(paths.join(path, CONFIG_NAME)) and paths.exists(paths.join(inner, CONFIG_NAME)):
         return inner
     return path
 

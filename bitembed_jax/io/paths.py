@@ -1,5 +1,13 @@
-"""Paths that may be local or remote (``gs://...``): orbax and etils.epath handle the remote ones."""
+"""Paths that may be local or remote (``gs://...``): orbax and etils.epath handle the remote ones.
+
+What is written remotely (checkpoints, config, metrics, model folders) goes through epath/orbax. What is read
+by libraries that want local files (transformers folders, the JSONL/Parquet reader, ArrayRecord) is first
+copied to a per-host cache with ``local_copy``.
+"""
+import hashlib
+import json
 import os
+import shutil
 
 from etils import epath
 
@@ -43,3 +51,60 @@ def copy_tree(src: str, dst: str, last: str | None = None):
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(os.path.join(src, rel), "rb") as f:
             target.write_bytes(f.read())
+
+
+def cache_root() -> str:
+    """Where remote inputs are copied on this host: $BITEMBED_CACHE, else ~/.cache/bitembed_jax."""
+    return os.environ.get("BITEMBED_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "bitembed_jax")
+
+
+def cache_path(path: str, kind: str) -> str:
+    """The stable local place for remote ``path`` (the same on every host and every run)."""
+    key = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    return os.path.join(cache_root(), kind, key, epath.Path(path).name)
+
+
+def _listing(src: epath.Path, rel: str = "") -> dict:
+    """{relative name: size} of every file under ``src`` ({"": size} for a file); epath refuses ``**`` globs."""
+    if not src.is_dir():
+        return {rel: src.stat().length}
+    out = {}
+    for child in sorted(src.iterdir()):
+        out.update(_listing(child, f"{rel}/{child.name}" if rel else child.name))
+    return out
+
+
+def local_copy(path: str, kind: str) -> str:
+    """A local copy of a remote file or folder (``path`` itself when local), downloaded once per host.
+
+    The copy is reused while the remote listing (names and sizes) is unchanged, and downloaded again when it
+    changed, so a replaced checkpoint or data file is never silently mixed with a stale copy. The download
+    goes to a temporary name and is renamed into place: a killed download is redone, not half-used.
+    """
+    if not is_remote(path):
+        return path
+    src = epath.Path(path)
+    if not src.exists():
+        raise FileNotFoundError(f"{path} not found")
+    listing = _listing(src)
+    dst = cache_path(path, kind)
+    manifest = dst + ".listing.json"
+    if os.path.exists(dst) and os.path.exists(manifest):
+        with open(manifest) as f:
+            if json.load(f) == listing:
+                return dst
+    tmp = dst + ".partial"
+    for stale in (tmp, dst):
+        if os.path.isdir(stale):
+            shutil.rmtree(stale)
+        elif os.path.exists(stale):
+            os.remove(stale)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    for rel in listing:
+        target = os.path.join(tmp, rel) if rel else tmp
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with (src.joinpath(rel) if rel else src).open("rb") as r, open(target, "wb") as w:
+            shutil.copyfileobj(r, w, 16 << 20)  # streamed: model weights can be larger than memory
+    os.replace(tmp, dst)
+    write_text_atomic(manifest, json.dumps(listing))
+    return dst

@@ -6,16 +6,27 @@ from jax.experimental import multihost_utils
 
 from bitembed_jax.data.pipeline import DEFAULT_QUERY_TEMPLATE, PairPipeline
 from bitembed_jax.data.tfds_builder import build_dataset, needs_rebuild
+from bitembed_jax.io import paths
 
 
-def dataset_dir(cfg, workdir: str) -> str:
-    return cfg.data.dataset_dir or os.path.join(workdir, "dataset")
+def dataset_dir(cfg, workdir: str) -> tuple[str, bool]:
+    """(where the dataset is built, whether every host builds its own copy).
+
+    ArrayRecord is read and written as local files. A remote place (config.data.dataset_dir, or the default
+    WORKDIR/dataset of a gs:// work dir) therefore stands for a local folder in each host's cache, which every
+    host builds from the same files: the build is deterministic, so all hosts hold the same records.
+    """
+    path = cfg.data.dataset_dir or paths.join(workdir, "dataset")
+    if paths.is_remote(path):
+        return paths.cache_path(path, "datasets"), True
+    return path, False
 
 
 def ensure_dataset(cfg, workdir: str, log=print) -> str:
-    """Process 0 builds the dataset if absent; a stale one (inputs changed) is an error, not silently reused."""
-    path = dataset_dir(cfg, workdir)
-    if jax.process_index() == 0:
+    """Process 0 (or each host, see dataset_dir) builds the dataset if absent; a stale one (inputs changed) is
+    an error, not silently reused."""
+    path, per_host = dataset_dir(cfg, workdir)
+    if per_host or jax.process_index() == 0:
         if os.path.exists(path) and os.listdir(path):
             reason = needs_rebuild(path, list(cfg.data.train_files), skip_bad=cfg.data.skip_bad, seed=cfg.data.seed)
             if reason:

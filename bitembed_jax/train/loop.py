@@ -21,17 +21,38 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+def check_folder(key: str, path: str):
+    if paths.is_remote(path):
+        if not paths.exists(path):
+            raise FileNotFoundError(f"config.{key}={path!r} not found")
+    elif not os.path.isdir(path):
+        raise FileNotFoundError(f"config.{key}={path!r} is not a local folder")
+
+
+def localize_inputs(cfg):
+    """A copy of ``cfg`` whose remote (gs://) model folders and training files are per-host local copies.
+
+    transformers, the JSONL/Parquet reader and the dataset build read local files; every host of a pod
+    downloads its own copy once (see ``paths.local_copy``). The work dir keeps the user's paths.
+    """
+    cfg = cfg.copy_and_resolve_references()
+    cfg.init.model = paths.local_copy(cfg.init.model, "models")
+    if cfg.teacher.model:
+        cfg.teacher.model = paths.local_copy(cfg.teacher.model, "models")
+    cfg.data.train_files = [paths.local_copy(f, "data") for f in cfg.data.train_files]
+    return cfg
+
+
 def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: bool = True):
     """Cheap checks before anything is compiled or trained; each error names its config key."""
     if check_paths:
         if not cfg.init.model:
             raise ValueError("config.init.model is empty: give a local HF folder or a bitembed-jax model folder")
-        if not os.path.isdir(cfg.init.model):
-            raise FileNotFoundError(f"config.init.model={cfg.init.model!r} is not a local folder")
+        check_folder("init.model", cfg.init.model)
         if not cfg.data.train_files:
             raise ValueError("config.data.train_files is empty")
         for f in cfg.data.train_files:
-            if not f.startswith("gs://") and not os.path.exists(f):
+            if not paths.exists(f):
                 raise FileNotFoundError(f"config.data.train_files: {f} not found")
     data, fsdp, _ = mesh_shape(cfg.mesh, num_devices)
     bs, chunks = int(cfg.train.batch_size), int(cfg.loss.num_chunks)
@@ -65,8 +86,8 @@ def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: 
         if not cfg.teacher.model:
             raise ValueError("config.teacher.model is empty but distillation weights are set "
                              "(give --teacher HF_OR_MODEL_DIR, or set config.distill.*_weight=0)")
-        if check_paths and not os.path.isdir(cfg.teacher.model):
-            raise FileNotFoundError(f"config.teacher.model={cfg.teacher.model!r} is not a local folder")
+        if check_paths:
+            check_folder("teacher.model", cfg.teacher.model)
         if chunks > 1:
             raise ValueError("config.loss.num_chunks must be 1 when distilling: the teacher runs in the same step")
     if cfg.loss.temperature <= 0:
@@ -148,6 +169,7 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
     workdir = paths.absolute(workdir)
     is_main = jax.process_index() == 0
     check_or_write_config(workdir, cfg, is_writer=is_main)
+    cfg = localize_inputs(cfg)
     mesh = make_mesh(cfg.mesh, devices)
 
     model, mcfg = load_student(cfg.init, cfg.train.dtype, cfg.train.remat)
