@@ -100,6 +100,9 @@ def test_training_with_every_path_remote(bucket, tiny_qwen3, tmp_path):
     cache = paths.cache_root()
     assert os.listdir(os.path.join(cache, "models")) and os.listdir(os.path.join(cache, "data"))
     assert os.listdir(os.path.join(cache, "datasets")) and not os.path.exists(os.path.join(workdir, "dataset"))
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]  # uploaded at close
+    assert [r["step"] for r in rows] == [1, 2]
+    assert not os.path.exists("metrics.jsonl")  # nothing left beside the process
 
 
 def test_encode_from_a_remote_training_workdir(bucket, tiny_qwen3, tmp_path):

@@ -4,10 +4,15 @@ Only process 0 writes; other hosts get a writer that does nothing.
 """
 import json
 import os
+import time
 
 import jax
+from etils import epath
 
 from bitembed_jax.io import paths
+
+
+UPLOAD_EVERY_S = 60.0
 
 
 class MetricsWriter:
@@ -19,8 +24,19 @@ class MetricsWriter:
         from tensorboardX import SummaryWriter
         from tqdm import tqdm
 
-        # object stores have no append: a remote workdir gets a local metrics.jsonl beside the process
-        jsonl = "metrics.jsonl" if paths.is_remote(workdir) else os.path.join(workdir, "metrics.jsonl")
+        jsonl = os.path.join(workdir, "metrics.jsonl")
+        self._remote, self._uploaded = None, 0.0
+        if paths.is_remote(workdir):
+            # object stores have no append: keep a local file in the cache and upload it whole, at most every
+            # UPLOAD_EVERY_S and at close; a resumed run continues the uploaded file
+            self._remote, jsonl = paths.join(workdir, "metrics.jsonl"), paths.cache_path(jsonl, "runs")
+            os.makedirs(os.path.dirname(jsonl), exist_ok=True)
+            if paths.exists(self._remote):
+                with open(jsonl, "wb") as f:
+                    f.write(epath.Path(self._remote).read_bytes())
+            elif os.path.exists(jsonl):
+                os.remove(jsonl)  # left by an earlier run of the same path whose upload never happened
+        self._local = jsonl
         self._jsonl = open(jsonl, "a", buffering=1)
         self._tb = SummaryWriter(paths.join(workdir, "tensorboard"))
         self._bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
@@ -34,6 +50,13 @@ class MetricsWriter:
             if k != "step":
                 self._tb.add_scalar(k, v, step)
         self._bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row.get('accuracy', float('nan')):.3f}")
+        if self._remote and time.monotonic() - self._uploaded > UPLOAD_EVERY_S:
+            self._upload()
+
+    def _upload(self):
+        with open(self._local, "rb") as f:
+            epath.Path(self._remote).write_bytes(f.read())
+        self._uploaded = time.monotonic()
 
     def advance(self, n: int = 1):
         if self.enabled:
@@ -47,4 +70,6 @@ class MetricsWriter:
         if self.enabled:
             self._bar.close()
             self._jsonl.close()
+            if self._remote:
+                self._upload()
             self._tb.close()
