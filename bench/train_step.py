@@ -6,7 +6,7 @@
 
 One step = embed the queries and passages, InfoNCE over in-batch negatives, backward, global-norm clip
 and AdamW update. JAX runs the real ``make_train_step`` (the contrastive loss of ``train``, one CPU
-device, mesh data=1, float32). PyTorch runs transformers' Qwen3 model with the same config and the same
+device, mesh data=1, float32 or --dtype bfloat16). PyTorch runs transformers' Qwen3 model with the same config and the same
 saved weights; in ``bitnet`` mode every linear of the layers is replaced by the straight-through BitLinear of
 the BitNet b1.58 training recipe (per-linear RMSNorm, absmax int8 activations, absmean ternary weights,
 ``x + (q(x) - x).detach()``), with last-token pooling, the same loss, clipping and torch.optim.AdamW (decay on
@@ -44,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--mode", choices=["fp", "bitnet", "all"], default="all")
     p.add_argument("--threads", type=int, default=2, help="CPU cores for both frameworks")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="compute dtype; bfloat16 = our train.dtype with fp32 master weights vs torch.autocast")
     p.add_argument("--profile", metavar="DIR", help="also trace two JAX steps into DIR/MODE and print the "
                    "per-op time table")
     p.add_argument("--pause", type=float, default=0.3,
@@ -83,7 +85,7 @@ def torch_bitlinear_cls():
     return BitLinear
 
 
-def torch_trainer(path, mode, eps):
+def torch_trainer(path, mode, eps, dtype="float32"):
     """A closure running one PyTorch train step on (q_ids, q_mask, p_ids, p_mask) tensors; returns the loss."""
     import torch
     import torch.nn.functional as F
@@ -109,8 +111,10 @@ def torch_trainer(path, mode, eps):
 
     def step(q_ids, q_mask, p_ids, p_mask):
         opt.zero_grad(set_to_none=True)
-        q, p = embed(q_ids, q_mask), embed(p_ids, p_mask)
-        loss = F.cross_entropy(q @ p.T / TEMPERATURE, torch.arange(q.shape[0]))
+        # bf16: autocast, the PyTorch way to mixed precision (fp32 master weights, as our train.dtype)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            q, p = embed(q_ids, q_mask), embed(p_ids, p_mask)
+        loss = F.cross_entropy(q.float() @ p.float().T / TEMPERATURE, torch.arange(q.shape[0]))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, CLIP)
         opt.step()
@@ -135,11 +139,12 @@ def jax_trainer(path, mode, args):
     cfg = base.get_config()
     cfg.mesh.data = 1
     cfg.train.batch_size = args.batch
+    cfg.train.dtype = args.dtype
     cfg.train.learning_rate, (cfg.train.b1, cfg.train.b2) = LR, BETAS
     cfg.train.weight_decay, cfg.train.grad_clip = WD, CLIP
     cfg.loss.temperature = TEMPERATURE
     cfg.data.query_max_len, cfg.data.passage_max_len = args.qlen, args.plen
-    model, mcfg = import_hf(path, mode=mode)
+    model, mcfg = import_hf(path, mode=mode, dtype=args.dtype)
     mesh = make_mesh(cfg.mesh, jax.devices()[:1])
     graphdef, model_state = nnx.split(model)
     tx, schedule = make_optimizer(cfg.train)
@@ -216,7 +221,7 @@ def bench_mode(mode, args):
     with tempfile.TemporaryDirectory() as d:
         AutoModel.from_config(hf_config("qwen3", VOCAB, **SIZES, max_position_embeddings=512)).save_pretrained(d)
         j_step, place, eps = jax_trainer(d, mode, args)
-        t_step = torch_trainer(d, mode, eps)
+        t_step = torch_trainer(d, mode, eps, args.dtype)
     batch = make_batch(args)
     j_batch = place(batch)
     t_batch = [torch.tensor(batch[k], dtype=torch.long) for k in ("query_ids", "query_mask", "passage_ids",
