@@ -3,12 +3,14 @@
 y = (Qx @ Qw) * gamma / s, where Qx are the per-token absmax codes of x (scale s) and Qw the ternary codes
 of the kernel (scale gamma). The codes are small integers, exact in bfloat16, and every partial sum of their
 products is an integer below 2**24, so a bfloat16 matmul with float32 accumulation computes Qx @ Qw exactly:
-at the speed of a bf16 (or int8) matmul, with no rounding of the scaled operands. That is also why the
-result matches the packed export, which keeps only the codes and the scales.
+at the speed of a bf16 (or int8) matmul, with no rounding of the scaled operands. A loaded export (its
+stored scale as ``frozen_scale``) goes through the same function with the same codes and scales, so it
+reproduces the checkpoint's forward bit for bit.
 
 The backward pass is the straight-through estimator of ``absmax_ste(x) @ ternary_ste(w)``: with
-xq = Qx / s and wq = Qw * gamma, dx = dy @ wq^T and dw = xq^T @ dy, in the compute dtype. Only the int8
-codes and the scales are kept for it (a quarter of float32 activations).
+xq = Qx / s and wq = Qw * gamma, dx = dy @ wq^T and dw = xq^T @ dy, in the compute dtype. Its residuals
+are the int8 codes and the scales, a quarter of the float32 activations (XLA may still choose to recompute
+the codes from the layer input instead of storing them).
 """
 from functools import partial
 
@@ -38,9 +40,7 @@ def _forward(x, w, frozen_scale, bits, per_row, dtype):
     else:
         gamma = frozen_scale.astype(jnp.float32)
         qw = jnp.clip(jnp.round(w.astype(jnp.float32) / gamma), -1, 1).astype(jnp.int8)
-    # materialize the int8 codes once: without the barrier XLA fuses the whole norm-and-quantize chain into
-    # every consumer (forward matmul, backward transposes) and recomputes it there
-    qx, s = jax.lax.optimization_barrier((qx.astype(jnp.int8), s))
+    qx = qx.astype(jnp.int8)
     return code_matmul(qx, s, qw, gamma, dtype), (qx, s, qw, gamma)
 
 
