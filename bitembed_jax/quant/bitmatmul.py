@@ -40,7 +40,11 @@ def _forward(x, w, frozen_scale, bits, per_row, dtype):
     else:
         gamma = frozen_scale.astype(jnp.float32)
         qw = jnp.clip(jnp.round(w.astype(jnp.float32) / gamma), -1, 1).astype(jnp.int8)
-    qx = qx.astype(jnp.int8)
+    # pin the codes as one materialized int8 tensor: otherwise XLA fuses the norm-and-quantize chain into its
+    # consumers differently in each graph, and float-order differences flip a code now and then, so encoding
+    # would depend on the batch size and a loaded export would no longer match its checkpoint bit for bit
+    # (tests/test_encode_cli.py, tests/test_export.py)
+    qx, s = jax.lax.optimization_barrier((qx.astype(jnp.int8), s))
     return code_matmul(qx, s, qw, gamma, dtype), (qx, s, qw, gamma)
 
 
