@@ -62,19 +62,19 @@ def _train(args, overrides):
 
 def _aot(args, overrides):
     from bitembed_jax.config_loader import apply_overrides, load_config_file
-    from bitembed_jax.train.aot import compile_step, format_report, report, topology_devices
+    from bitembed_jax.train.aot import compile_step, format_report, model_flops_per_step, report, topology_devices
 
     cfg = apply_overrides(load_config_file(args.config), overrides)
     devices = topology_devices(args.topology)
     try:
-        compiled, _ = compile_step(cfg, devices)
+        compiled, mcfg = compile_step(cfg, devices)
     except Exception as e:  # the TPU compiler itself refuses programs that exceed HBM
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
         print(f"topology {args.topology}: DOES NOT FIT\n  {str(e).splitlines()[0]}")
         raise SystemExit(f"the step does not fit in the HBM of {args.topology}: raise config.loss.num_chunks, "
                          f"turn on config.train.remat, use more fsdp, or a smaller batch") from None
-    r = report(compiled, args.topology, len(devices), args.step_time)
+    r = report(compiled, args.topology, len(devices), args.step_time, model_flops_per_step(mcfg, cfg))
     print(format_report(r))
     if args.json:
         with open(args.json, "w") as f:

@@ -89,7 +89,29 @@ def compile_step(cfg, devices):
     return lowered.compile(), mcfg
 
 
-def report(compiled, topology: str, num_chips: int, step_time_s: float | None = None) -> dict:
+def model_flops_per_step(mcfg, cfg) -> float:
+    """Training FLOPs of one global step counted from the shapes, as MFU is defined (2 per multiply-add).
+
+    Per token and layer: the q/k/v/o and MLP matmuls, plus attention scores and values over the token's whole
+    padded sequence (no sliding-window discount: an upper bound for Gemma3). Backward = 2x forward; GradCache
+    (num_chunks > 1) runs the forward once more, and fine-tuning adds the teacher's forward. Recomputation
+    under remat is not model work and is left out. XLA's own count is no substitute: its cost analysis visits
+    a loop body once, so a chunked (scanned) step would be under-counted by about the number of chunks.
+    """
+    d, heads = mcfg.head_dim, mcfg.num_heads
+    linear = mcfg.hidden_size * (heads + 2 * mcfg.num_kv_heads) * d + heads * d * mcfg.hidden_size \
+        + 3 * mcfg.hidden_size * mcfg.intermediate_size
+    bs = int(cfg.train.batch_size)
+    sequences = [(bs, int(cfg.data.query_max_len)),
+                 (bs * (1 + int(cfg.data.num_negatives)), int(cfg.data.passage_max_len))]
+    forward = sum(2.0 * n * t * mcfg.num_layers * (linear + 2 * t * heads * d) for n, t in sequences)
+    passes = 3 + (1 if int(cfg.loss.num_chunks) > 1 else 0)
+    return passes * forward + (forward if uses_teacher(cfg) else 0.0)
+
+
+def report(compiled, topology: str, num_chips: int, step_time_s: float | None = None,
+           model_flops: float | None = None) -> dict:
+    """Per-chip memory and FLOPs; MFU (at ``step_time_s``) from ``model_flops`` (the whole step's)."""
     hbm, peak = CHIPS[chip_of(topology)]
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
@@ -101,16 +123,25 @@ def report(compiled, topology: str, num_chips: int, step_time_s: float | None = 
     r = {"topology": topology, "chips": num_chips, "argument_gib": args / GIB, "temp_gib": temp / GIB,
          "output_gib": out / GIB, "alias_gib": alias / GIB, "total_gib": total / GIB, "hbm_gib": hbm / GIB,
          "fits": total <= hbm, "flops_per_chip": flops}
-    if step_time_s:
-        r["mfu"] = flops / step_time_s / peak
+    if model_flops:
+        r["model_flops_per_chip"] = model_flops / num_chips
+        if step_time_s:
+            r["mfu"] = r["model_flops_per_chip"] / step_time_s / peak
+            r["step_time_s"] = step_time_s
+        r["min_step_time_s"] = r["model_flops_per_chip"] / peak  # at 100% of the chip's bf16 peak
     return r
+
+
+# chips whose two TensorCores jax drives as one device ("megacore"); meshes need one device per chip
+MEGACORE = ("v4", "v5p")
 
 
 def topology_devices(topology: str):
     from jax.experimental import topologies
 
+    kw = {"chip_config_name": "megacore"} if chip_of(topology) in MEGACORE else {}
     try:
-        return topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
+        return topologies.get_topology_desc(topology_name=topology, platform="tpu", **kw).devices
     except Exception as e:
         raise RuntimeError(f"cannot describe TPU topology {topology!r} ({e}); AOT compilation needs libtpu: "
                            f"pip install \"jax[tpu]\"") from e
@@ -123,7 +154,11 @@ def format_report(r: dict) -> str:
              f"  outputs     {r['output_gib']:8.2f} GiB (aliased with arguments: {r['alias_gib']:.2f} GiB)",
              f"  total       {r['total_gib']:8.2f} GiB of {r['hbm_gib']:.0f} GiB HBM -> "
              + ("fits" if r["fits"] else "DOES NOT FIT"),
-             f"  FLOPs/step  {r['flops_per_chip']:.3e} per chip"]
+             f"  FLOPs/step  {r['flops_per_chip']:.3e} per chip by XLA's cost analysis (a loop body, such as "
+             "a GradCache chunk, counted once)"]
+    if "model_flops_per_chip" in r:
+        lines.append(f"  model FLOPs/step {r['model_flops_per_chip']:.3e} per chip from the shapes: at least "
+                     f"{r['min_step_time_s']:.3g} s per step at the chip's bf16 peak")
     if "mfu" in r:
-        lines.append(f"  MFU at the given step time: {100 * r['mfu']:.1f}%")
+        lines.append(f"  MFU at {r['step_time_s']} s per step: {100 * r['mfu']:.3g}%")
     return "\n".join(lines)
