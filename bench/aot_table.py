@@ -19,6 +19,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = {"Qwen3-0.6B": "qwen3_0p6b", "Gemma3-270M": "gemma3_270m"}
 V5E, V4 = "v5e:16x16", "v4:4x4x2"
+PEAK = {"v4": 275e12, "v5e": 197e12}  # bf16 FLOP/s per chip (bitembed_jax.train.aot.CHIPS)
 # (model, stage, topology, global batch, GradCache chunks); fine-tuning distils in the same step (no chunks)
 ROWS = [
     ("Qwen3-0.6B", "pretrain", V5E, 65536, 4),
@@ -41,12 +42,29 @@ def row_name(row) -> str:
     return f"{MODELS[model]}_{stage}_{topo.replace(':', '-')}_b{batch}_c{chunks}"
 
 
+def row_config(row):
+    model, stage, _, batch, chunks = row
+    return (os.path.join(ROOT, "configs", f"{MODELS[model]}_{stage}.py"),
+            [f"--config.train.batch_size={batch}", f"--config.loss.num_chunks={chunks}"])
+
+
+def model_flops_per_chip(row, chips: int) -> float:
+    """The step's model FLOPs from the shapes (XLA's count visits a GradCache loop body once)."""
+    sys.path.insert(0, ROOT)
+    from bitembed_jax.config_loader import apply_overrides, load_config_file
+    from bitembed_jax.train.aot import model_config_for, model_flops_per_step
+
+    config, overrides = row_config(row)
+    cfg = apply_overrides(load_config_file(config), overrides)
+    return model_flops_per_step(model_config_for(cfg), cfg) / chips
+
+
 def compile_row(row, path: str) -> dict:
-    model, stage, topo, batch, chunks = row
-    config = os.path.join(ROOT, "configs", f"{MODELS[model]}_{stage}.py")
+    topo = row[2]
+    config, overrides = row_config(row)
     tmp = path + ".tmp"
     cmd = [sys.executable, "-m", "bitembed_jax.cli", "aot", "--config", config, "--topology", topo, "--json", tmp,
-           f"--config.train.batch_size={batch}", f"--config.loss.num_chunks={chunks}"]
+           *overrides]
     env = dict(os.environ, JAX_PLATFORMS="cpu", ALLOW_MULTIPLE_LIBTPU_LOAD="1")
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -75,7 +93,12 @@ def table_line(row, r) -> str:
     else:
         fits = "yes" if r["fits"] else "no"
     detail = (f" (args {r['argument_gib']:.2f}, temporaries {r['temp_gib']:.2f})" if "temp_gib" in r else "")
-    flops = f"{r['flops_per_chip']:.2e}" if r.get("flops_per_chip") else "-"
+    if r.get("chips"):
+        mflops = model_flops_per_chip(row, r["chips"])
+        peak_s = f"{mflops / PEAK[topo.split(':')[0]]:.2f}"
+        flops = f"{mflops:.2e} | {peak_s} | {r['flops_per_chip']:.2e}"
+    else:
+        flops = "- | - | -"
     return (f"| {model} | {stage} | {topo} | {batch:,} | {chunks} | {r['total_gib']:.2f}{detail} | {hbm:.0f} | "
             f"{fits} | {flops} | {r.get('compile_s', '-')} |")
 
@@ -87,9 +110,9 @@ def main():
     ap.add_argument("--print-only", action="store_true", help="print the table of the rows compiled so far")
     args = ap.parse_args()
     os.makedirs(args.outdir, exist_ok=True)
-    print("| model | stage | topology | global batch | chunks | per-chip GiB | HBM GiB | fits | FLOPs/chip/step "
-          "| compile s |")
-    print("|---|---|---|---:|---:|---:|---:|---|---:|---:|", flush=True)
+    print("| model | stage | topology | global batch | chunks | per-chip GiB | HBM GiB | fits | model FLOPs/chip/step "
+          "| s/step at peak | XLA FLOPs/chip (loops once) | compile s |")
+    print("|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|", flush=True)
     for i in args.rows if args.rows is not None else range(len(ROWS)):
         row = ROWS[i]
         path = os.path.join(args.outdir, row_name(row) + ".json")
