@@ -34,6 +34,7 @@ ROWS = [
     ("Qwen3-0.6B", "finetune", V4, 4096, 1),
     ("Gemma3-270M", "pretrain", V5E, 65536, 1),
     ("Qwen3-0.6B", "pretrain", V5E, 32768, 4),
+    ("Qwen3-0.6B", "finetune", V4, 1024, 1),
 ]
 
 
