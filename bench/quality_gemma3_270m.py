@@ -19,6 +19,13 @@ checkpoint, so a killed run continues where it stopped):
    STS-B test and SICK-R test (first ``--sick-limit`` pairs) Spearman, and retrieval nDCG@10 on the held-out
    queries against a corpus of their positives plus ``--distractors`` train passages.
 
+Recipe options for the budget question (what converts best when pairs are few): ``--student-init teacher``
+starts the student from the trained fp teacher converted to BitNet instead of the raw LLM;
+``--pretrain-steps 0`` drops the separate contrastive pre-training stage (the fine-tunes start from the
+converted model); ``--embed-weight`` / ``--hidden-weight`` add pooled-vector and per-layer hidden-state
+alignment with the teacher to the distilled fine-tune. The ablation always differs from the student only in
+having no distillation term.
+
 Prints markdown tables (scores, student/teacher ratios, bytes per vector, wall time per stage); the same
 goes to WORKDIR/report.md. Training data order, split and initialisation are fixed by ``--seed``.
 """
@@ -50,7 +57,13 @@ def parse_args(argv=None):
     p.add_argument("--teacher-steps", type=int, default=150)
     p.add_argument("--teacher-lr", type=float, default=2e-5)
     p.add_argument("--pretrain-steps", type=int, default=200)
+    p.add_argument("--pretrain-lr", type=float, default=None, help="default: configs/gemma3_270m_cpu.py")
     p.add_argument("--finetune-steps", type=int, default=150)
+    p.add_argument("--finetune-lr", type=float, default=None, help="default: configs/gemma3_270m_cpu_finetune.py")
+    p.add_argument("--student-init", choices=("llm", "teacher"), default="llm",
+                   help="the BitNet conversion of the raw LLM (the paper) or of the trained fp teacher")
+    p.add_argument("--embed-weight", type=float, default=0.0, help="distilled fine-tune: pooled-vector alignment")
+    p.add_argument("--hidden-weight", type=float, default=0.0, help="distilled fine-tune: per-layer hidden states")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--eval-max-length", type=int, default=128)
     return p.parse_args(argv)
@@ -158,6 +171,16 @@ def evaluate(model_dir, held, args, cache):
     return out
 
 
+def _lr(v):
+    return "" if v is None else f" (lr {v:g})"
+
+
+def _extra_terms(args):
+    terms = [f"{w:g} x {n}" for w, n in ((args.embed_weight, "pooled-vector"), (args.hidden_weight, "hidden-state"))
+             if w > 0]
+    return (" + " + " + ".join(terms) + " alignment") if terms else ""
+
+
 def report(results, times, args, n_train, held) -> str:
     import jax
 
@@ -167,8 +190,10 @@ def report(results, times, args, n_train, held) -> str:
     bpv = {r["precision"]: r["bytes_per_vector"] for r in results["teacher"]["rows"] if r["dataset"] == "stsb"}
     lines = [f"Gemma3-270M (GGUF Q4_K_M dequantized), {n_train} train pairs (medquad + boolq), "
              f"{len(held['queries'])} held-out queries vs {len(held['corpus'])} passages; batch {args.batch_size}; "
-             f"steps: teacher {args.teacher_steps} (lr {args.teacher_lr:g}), student pre-train {args.pretrain_steps}, "
-             f"fine-tune {args.finetune_steps}; hardware: {platform.processor() or platform.machine()}, "
+             f"steps: teacher {args.teacher_steps} (lr {args.teacher_lr:g}), student pre-train {args.pretrain_steps}"
+             f"{_lr(args.pretrain_lr)}, fine-tune {args.finetune_steps}{_lr(args.finetune_lr)}; student init: "
+             f"{'raw LLM' if args.student_init == 'llm' else 'the trained fp teacher'} -> BitNet; distillation: "
+             f"similarity + attention relation{_extra_terms(args)}; hardware: {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.devices()[0].platform}.", ""]
     for ds, title in datasets:
         lines += [f"**{title}**", "", "| model | " + " | ".join(PRECISIONS) + " |",
@@ -218,19 +243,27 @@ def main(argv=None):
     teacher = timed("teacher", lambda: run_train("gemma3_270m_cpu.py", [
         f"--config.init.model={init_fp}", "--config.init.mode=fp", f"--config.train.num_steps={args.teacher_steps}",
         f"--config.train.learning_rate={args.teacher_lr}", *common], os.path.join(wd, "teacher"), stage_log))
-    pre = timed("student pre-train", lambda: run_train("gemma3_270m_cpu.py", [
-        f"--config.init.model={init_bitnet}", f"--config.train.num_steps={args.pretrain_steps}", *common],
-        os.path.join(wd, "student_pretrain"), stage_log))
-    ft = [f"--config.init.model={pre}", f"--config.train.num_steps={args.finetune_steps}", *common]
+    start = init_bitnet if args.student_init == "llm" else teacher  # an fp folder: train converts it to bitnet
+    lr = lambda v: [f"--config.train.learning_rate={v}"] if v is not None else []  # noqa: E731
+    pre = start
+    if args.pretrain_steps > 0:
+        pre = timed("student pre-train", lambda: run_train("gemma3_270m_cpu.py", [
+            f"--config.init.model={start}", f"--config.train.num_steps={args.pretrain_steps}", *lr(args.pretrain_lr),
+            *common], os.path.join(wd, "student_pretrain"), stage_log))
+    ft = [f"--config.init.model={pre}", f"--config.train.num_steps={args.finetune_steps}", *lr(args.finetune_lr),
+          *common]
     student = timed("student fine-tune (distillation)", lambda: run_train(
-        "gemma3_270m_cpu_finetune.py", [*ft, f"--config.teacher.model={teacher}"], os.path.join(wd, "student"),
-        stage_log))
+        "gemma3_270m_cpu_finetune.py", [*ft, f"--config.teacher.model={teacher}",
+                                        f"--config.distill.embed_weight={args.embed_weight}",
+                                        f"--config.distill.hidden_weight={args.hidden_weight}"],
+        os.path.join(wd, "student"), stage_log))
     ablation = timed("ablation fine-tune (no distillation)", lambda: run_train(
         "gemma3_270m_cpu_finetune.py", [*ft, "--config.distill.sim_weight=0", "--config.distill.attn_weight=0"],
         os.path.join(wd, "ablation"), stage_log))
-    dirs = {"teacher": teacher, "student_pretrain": pre, "student": student, "ablation": ablation}
+    dirs = {"teacher": teacher, "student_pretrain": pre if args.pretrain_steps > 0 else None, "student": student,
+            "ablation": ablation}
     results = {m: timed(f"eval {m}", lambda m=m: evaluate(dirs[m], held, args, os.path.join(wd, f"eval_{m}.json")))
-               for m in MODELS}
+               for m in MODELS if dirs[m]}
     text = report(results, times, args, n_train, held)
     with open(os.path.join(wd, "report.md"), "w") as f:
         f.write(text + "\n")

@@ -10,8 +10,9 @@ VOCAB = 512
 _TEXTS = [f"sentence number {i} about topic {i % 7} with words alpha beta gamma delta" for i in range(200)]
 
 
-def make_tiny_hf(arch: str, out_dir: str, seed: int = 0):
-    return tiny_hf.make_tiny_hf(arch, out_dir, seed=seed, texts=_TEXTS, vocab_size=VOCAB, perturb_norms=True)
+def make_tiny_hf(arch: str, out_dir: str, seed: int = 0, **config_kw):
+    return tiny_hf.make_tiny_hf(arch, out_dir, seed=seed, texts=_TEXTS, vocab_size=VOCAB, perturb_norms=True,
+                                **config_kw)
 
 
 def load_hf(path: str):

@@ -9,7 +9,8 @@ import pytest  # noqa: E402
 from jax.sharding import AxisType  # noqa: E402
 
 from bitembed_jax.losses.contrastive import candidate_scores  # noqa: E402
-from bitembed_jax.losses.distill import (attention_relation_distill, sharded_similarity_distill,  # noqa: E402
+from bitembed_jax.losses.distill import (attention_relation_distill, cosine_distill,  # noqa: E402
+                                         hidden_state_distill, layer_map, sharded_similarity_distill,
                                          similarity_distill)
 from bitembed_jax.parallel.sharding import MESH_AXES  # noqa: E402
 
@@ -153,3 +154,44 @@ def test_relation_heads_must_divide():
     s, t, mask, _ = relation_inputs()
     with pytest.raises(ValueError, match="not divisible by num_relation_heads=5"):
         attention_relation_distill(s, t, mask, num_relation_heads=5)
+
+
+# ---- pooled-vector and hidden-state alignment
+
+def np_cos_distance(s, t):
+    return 1.0 - np.sum(s * t, -1) / (np.linalg.norm(s, axis=-1) * np.linalg.norm(t, axis=-1))
+
+
+def test_cosine_distill_matches_numpy_pooled_and_masked_tokens():
+    r = np.random.default_rng(5)
+    s, t = r.normal(size=(2, 6, 10)) * np.array([1.0, 300.0])[:, None, None]  # scale-free: teacher 300x larger
+    np.testing.assert_allclose(cosine_distill(jnp.float32(s), jnp.float32(t)), np_cos_distance(s, t).mean(),
+                               rtol=1e-5)
+    hs, ht = r.normal(size=(2, 3, 5, 10))
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], bool)
+    hs_bad = np.where(mask[..., None], hs, np.nan)  # padded tokens may hold garbage: it must not leak
+    ht_bad = np.where(mask[..., None], ht, np.nan)
+    got = cosine_distill(jnp.float32(np.nan_to_num(hs_bad)), jnp.float32(np.nan_to_num(ht_bad)), jnp.asarray(mask))
+    np.testing.assert_allclose(got, np_cos_distance(hs, ht)[mask].mean(), rtol=1e-5)
+
+
+def test_cosine_distill_zero_when_parallel_and_no_teacher_grad():
+    s = jnp.asarray(np.random.default_rng(6).normal(size=(4, 8)), jnp.float32)
+    assert abs(float(cosine_distill(s, 3.0 * s))) < 1e-6
+    gs, gt = jax.grad(cosine_distill, argnums=(0, 1))(s, s[::-1])
+    assert np.abs(gs).max() > 0 and np.all(gt == 0)
+    with pytest.raises(ValueError, match="student width 8 != teacher width 6"):
+        cosine_distill(s, s[:, :6])
+
+
+def test_layer_map_and_hidden_state_distill_match_numpy():
+    assert layer_map(4, 4) == [0, 1, 2, 3]
+    assert layer_map(3, 6) == [1, 3, 5]  # evenly spaced, last onto last
+    assert layer_map(4, 2) == [0, 0, 1, 1]
+    r = np.random.default_rng(7)
+    student, teacher = r.normal(size=(3, 2, 4, 8)), r.normal(size=(6, 2, 4, 8))
+    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1]], bool)
+    want = np.mean([np_cos_distance(student[i], teacher[j])[mask].mean() for i, j in enumerate([1, 3, 5])])
+    got = hidden_state_distill(tuple(jnp.float32(x) for x in student), tuple(jnp.float32(x) for x in teacher),
+                               jnp.asarray(mask))
+    np.testing.assert_allclose(got, want, rtol=1e-5)

@@ -60,18 +60,64 @@ def test_finetune_sharded_equals_single_layout(tiny_qwen3, tmp_path, mesh):
                                    [x[key] for x in rows(str(tmp_path / "d8"))], rtol=1e-5, atol=1e-6)
 
 
+ALIGN = ("--config.distill.embed_weight=2.0", "--config.distill.hidden_weight=0.5")
+
+
 def test_student_equal_to_teacher_has_zero_distillation(tiny_qwen3, tmp_path):
     fp = convert(tiny_qwen3, str(tmp_path / "fp"), mode="fp")
-    train(ft_cfg(fp, tiny_qwen3, "--config.init.mode=fp", "--config.train.num_steps=1"), str(tmp_path / "w"))
+    train(ft_cfg(fp, tiny_qwen3, "--config.init.mode=fp", "--config.train.num_steps=1", *ALIGN), str(tmp_path / "w"))
     r = rows(str(tmp_path / "w"))[0]
-    assert abs(r["sim_distill"]) < 1e-5 and abs(r["attn_distill"]) < 1e-5
+    for key in ("sim_distill", "attn_distill", "embed_distill", "hidden_distill"):
+        assert abs(r[key]) < 1e-5, key
+
+
+def test_bitnet_student_from_fp_folder_with_alignment(tiny_qwen3, tmp_path):
+    """A bitnet student started from one of our fp model folders (e.g. the trained teacher) equals the bitnet
+    import of the same weights, and trains with the pooled and hidden-state alignment terms."""
+    from bitembed_jax.convert.fp_to_bitnet import fp_to_bitnet
+    from bitembed_jax.io.model_dir import load_model_dir
+    from bitembed_jax.io.state_paths import flat_params
+    from flax import nnx
+
+    fp = convert(tiny_qwen3, str(tmp_path / "fp"), mode="fp")
+    direct, dcfg = load_model_dir(convert(tiny_qwen3, str(tmp_path / "bitnet"), mode="bitnet"))
+    made, mcfg = fp_to_bitnet(*load_model_dir(fp), norm=dcfg.norm, act_bits=dcfg.act_bits)
+    assert mcfg == dcfg
+    want, got = flat_params(nnx.state(direct, nnx.Param)), flat_params(nnx.state(made, nnx.Param))
+    assert sorted(want) == sorted(got)
+    for k in want:
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=k)
+
+    out = train(ft_cfg(fp, fp, *ALIGN, "--config.train.num_steps=4"), str(tmp_path / "w"))
+    r = rows(str(tmp_path / "w"))
+    x = r[0]
+    # total = contrastive + sim + attn + 2.0 * embed + 0.5 * hidden
+    np.testing.assert_allclose(x["loss"], x["contrastive"] + x["sim_distill"] + x["attn_distill"]
+                               + 2.0 * x["embed_distill"] + 0.5 * x["hidden_distill"], rtol=1e-5)
+    assert x["embed_distill"] > 1e-3 and x["hidden_distill"] > 1e-3  # ternary != fp teacher
+    assert json.load(open(os.path.join(out, "bitembed_config.json")))["model"]["mode"] == "bitnet"
 
 
 def test_finetune_config_errors(student, tiny_qwen3):
     with pytest.raises(ValueError, match="config.teacher.model is empty"):
         validate_config(ft_cfg(student, ""), 8)
+    with pytest.raises(ValueError, match="config.teacher.model is empty"):
+        validate_config(ft_cfg(student, "", "--config.distill.sim_weight=0", "--config.distill.attn_weight=0",
+                               "--config.distill.hidden_weight=1"), 8)
+    with pytest.raises(ValueError, match="config.distill.embed_weight=-1.0 must be >= 0"):
+        validate_config(ft_cfg(student, tiny_qwen3, "--config.distill.embed_weight=-1.0"), 8)
     with pytest.raises(ValueError, match="num_chunks must be 1 when distilling"):
         validate_config(ft_cfg(student, tiny_qwen3, "--config.loss.num_chunks=2"), 8)
     with pytest.raises(ValueError, match="at least one precision"):
         validate_config(ft_cfg(student, tiny_qwen3, *[f"--config.loss.precisions.{p}=0" for p in
                                                       ("fp32", "int8", "int4", "int2", "binary")]), 8)
+
+
+def test_alignment_needs_equal_widths(student, tmp_path):
+    from tests import hf_fixtures
+
+    wide = hf_fixtures.make_tiny_hf("qwen3", str(tmp_path / "wide"), hidden_size=96)
+    with pytest.raises(ValueError, match="config.distill.embed_weight: the teacher's hidden size 96 != the "
+                                         "student's 64"):
+        train(ft_cfg(student, wide, *ALIGN), str(tmp_path / "w"))
+    assert not os.path.exists(os.path.join(tmp_path, "w", "metrics.jsonl"))

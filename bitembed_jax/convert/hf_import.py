@@ -175,7 +175,7 @@ def plan_import(src: TensorSource, cfg: ModelConfig, abs_shapes: dict):
     return [(h, o, t) for h, (o, t) in expected.items()]
 
 
-def _inserted_norm(path: str) -> bool:
+def inserted_norm(path: str) -> bool:
     """Norm-refinement weights that HF checkpoints don't have; they start identity-scaled."""
     return path.endswith((".norm.weight", "o_norm.weight", "down_norm.weight"))
 
@@ -201,7 +201,7 @@ def import_from_source(cfg: ModelConfig, src):
         values[ours] = jnp.asarray(TRANSFORMS[transform](src.get(hf_name)), abs_leaves[ours].dtype)
     for p, leaf in abs_leaves.items():
         if p not in values:
-            if not _inserted_norm(p):
+            if not inserted_norm(p):
                 raise CheckpointImportError(f"internal: no HF tensor maps to {p}")
             values[p] = jnp.ones(leaf.shape, leaf.dtype)
     return nnx.merge(graphdef, fill_state(abs_state, values)), cfg

@@ -77,3 +77,35 @@ def attention_relation_distill(student_qkv, teacher_qkv, mask, *, num_relation_h
                       _relation_logits(s, mask, num_relation_heads))  # (B, R, T)
         losses.append(jnp.sum(kl * real) / count)
     return sum(losses) / 3.0
+
+
+def cosine_distill(student, teacher, weights=None):
+    """Weighted mean over rows of 1 - cos(student, teacher) along the last axis.
+
+    Pooled vectors (B, d) or per-token hidden states (B, T, d) with ``weights``
+    (B, T) marking real tokens. Both sides must have the same width. Cosine, not
+    MSE: it ignores the overall scale, which differs between a fp teacher and a
+    BitNet student with extra norms (and Gemma3's residual stream runs in the
+    hundreds).
+    """
+    if student.shape[-1] != teacher.shape[-1]:
+        raise ValueError(f"cosine distillation: student width {student.shape[-1]} != teacher width "
+                         f"{teacher.shape[-1]}")
+    s = student.astype(jnp.float32)
+    t = jax.lax.stop_gradient(teacher).astype(jnp.float32)
+    eps = jnp.finfo(jnp.float32).tiny
+    cos = jnp.sum(s * t, -1) * jax.lax.rsqrt(jnp.maximum(jnp.sum(s * s, -1) * jnp.sum(t * t, -1), eps))
+    w = jnp.ones_like(cos) if weights is None else weights.astype(jnp.float32)
+    return jnp.sum((1.0 - cos) * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def layer_map(num_student: int, num_teacher: int) -> list[int]:
+    """The teacher layer each student layer copies: evenly spaced, last onto last."""
+    return [-(-(i + 1) * num_teacher // num_student) - 1 for i in range(num_student)]  # ceil
+
+
+def hidden_state_distill(student_hidden, teacher_hidden, mask):
+    """Per-layer hidden-state alignment: mean over student layers of ``cosine_distill`` on real tokens,
+    each student layer against the teacher layer ``layer_map`` gives it."""
+    mapping = layer_map(len(student_hidden), len(teacher_hidden))
+    return sum(cosine_distill(s, teacher_hidden[j], mask) for s, j in zip(student_hidden, mapping)) / len(mapping)

@@ -15,6 +15,7 @@ HIDDEN = ("batch", "length", "activation_embed")
 class EncoderOutput(NamedTuple):
     last_hidden_state: jax.Array  # (B, T, hidden)
     qkv: Optional[tuple]  # (q, k, v) each (B, T, heads, head_dim) of the requested layer, else None
+    hidden_states: Optional[tuple] = None  # every layer's output (B, T, hidden) when asked for, else None
 
 
 class Embedding(nnx.Module):
@@ -40,7 +41,8 @@ class Encoder(nnx.Module):
             tables["sliding_attention"] = rope_cos_sin(pos, cfg.head_dim, cfg.rope_local_theta)
         return tables
 
-    def __call__(self, input_ids, attention_mask_: jax.Array, *, qkv_layer: Optional[int] = None) -> EncoderOutput:
+    def __call__(self, input_ids, attention_mask_: jax.Array, *, qkv_layer: Optional[int] = None,
+                 hidden_states: bool = False) -> EncoderOutput:
         cfg = self.cfg
         bsz, t = input_ids.shape
         x = self.embed_tokens(input_ids)
@@ -55,7 +57,7 @@ class Encoder(nnx.Module):
         ropes = self._rope_tables(t, bsz)
         if qkv_layer is not None and qkv_layer < 0:
             qkv_layer += cfg.num_layers
-        qkv = None
+        qkv, hidden = None, []
         for i, layer in enumerate(self.layers):
             kind = cfg.layer_type(i)
             cos, sin = ropes[kind]
@@ -67,4 +69,6 @@ class Encoder(nnx.Module):
             x = constrain(x, HIDDEN)
             if want:
                 qkv = out_qkv
-        return EncoderOutput(self.norm(x), qkv)
+            if hidden_states:
+                hidden.append(x)
+        return EncoderOutput(self.norm(x), qkv, tuple(hidden) if hidden_states else None)

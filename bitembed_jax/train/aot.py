@@ -36,6 +36,8 @@ def model_config_for(cfg):
                 pooling=init.pooling, dtype=cfg.train.dtype, remat=cfg.train.remat)
     if os.path.exists(os.path.join(path, CONFIG_NAME)):
         mcfg, _ = read_config(path)
+        if mcfg.mode == "fp" and init.mode == "bitnet":  # train converts it (load_student)
+            mcfg = mcfg.replace(mode="bitnet", norm=init.norm, act_bits=init.act_bits)
         return mcfg.replace(dtype=cfg.train.dtype, remat=cfg.train.remat)
     if os.path.exists(os.path.join(path, "config.json")):
         with open(os.path.join(path, "config.json")) as f:

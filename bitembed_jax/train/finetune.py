@@ -1,17 +1,19 @@
-"""Fine-tuning loss: multi-precision contrastive + similarity-distribution and attention-relation
-distillation from the frozen full-precision teacher, all inside the one jitted step."""
+"""Fine-tuning loss: multi-precision contrastive + distillation from the frozen full-precision teacher
+(similarity distribution, attention relations, and optionally pooled-vector and per-layer hidden-state
+alignment), all inside the one jitted step."""
 import jax
 from flax import nnx
 
-from bitembed_jax.losses.distill import attention_relation_distill, sharded_similarity_distill
+from bitembed_jax.losses.distill import (attention_relation_distill, cosine_distill, hidden_state_distill,
+                                        sharded_similarity_distill)
 from bitembed_jax.models import pool
 from bitembed_jax.train.step import multi_precision_info_nce, split_inputs, temperature_of
 
 
-def _encode(model, inputs, pooling, layer):
+def _encode(model, inputs, pooling, layer, hidden=False):
     ids, mask = inputs
-    out = model(ids, mask, qkv_layer=layer)
-    return pool(out.last_hidden_state, mask, pooling), out.qkv
+    out = model(ids, mask, qkv_layer=layer, hidden_states=hidden)
+    return pool(out.last_hidden_state, mask, pooling), out.qkv, out.hidden_states
 
 
 def finetune_loss_and_grads(params, batch, *, graphdef, mesh, cfg, teacher_params, teacher_graphdef,
@@ -23,15 +25,17 @@ def finetune_loss_and_grads(params, batch, *, graphdef, mesh, cfg, teacher_param
     layer_s = int(d.student_layer) if want_attn else None
     layer_t = int(d.teacher_layer) if want_attn else None
 
+    want_hidden = d.get("hidden_weight", 0.0) > 0
+
     teacher = nnx.merge(teacher_graphdef, jax.lax.stop_gradient(teacher_params))
-    tq, tq_qkv = _encode(teacher, q_in, cfg.init.pooling, layer_t)
-    tp, tp_qkv = _encode(teacher, p_in, cfg.init.pooling, layer_t)
+    tq, tq_qkv, tq_h = _encode(teacher, q_in, cfg.init.pooling, layer_t, want_hidden)
+    tp, tp_qkv, tp_h = _encode(teacher, p_in, cfg.init.pooling, layer_t, want_hidden)
     tn = None if n_in is None else _encode(teacher, n_in, cfg.init.pooling, None)[0].reshape(-1, k, tq.shape[-1])
 
     def loss_fn(prm):
         student = nnx.merge(graphdef, prm["model"])
-        sq, sq_qkv = _encode(student, q_in, cfg.init.pooling, layer_s)
-        sp, sp_qkv = _encode(student, p_in, cfg.init.pooling, layer_s)
+        sq, sq_qkv, sq_h = _encode(student, q_in, cfg.init.pooling, layer_s, want_hidden)
+        sp, sp_qkv, sp_h = _encode(student, p_in, cfg.init.pooling, layer_s, want_hidden)
         sn = None if n_in is None else _encode(student, n_in, cfg.init.pooling, None)[0].reshape(-1, k, sq.shape[-1])
         contrastive, metrics = multi_precision_info_nce(mesh, sq, sp, sn, temperature=temperature_of(prm, cfg.loss),
                                                         loss_cfg=cfg.loss)
@@ -47,6 +51,14 @@ def finetune_loss_and_grads(params, batch, *, graphdef, mesh, cfg, teacher_param
                          + attention_relation_distill(sp_qkv, tp_qkv, p_in[1], num_relation_heads=d.relation_heads))
             total = total + d.attn_weight * rel
             metrics["attn_distill"] = rel
+        if d.get("embed_weight", 0.0) > 0:
+            emb = 0.5 * (cosine_distill(sq, tq) + cosine_distill(sp, tp))
+            total = total + d.embed_weight * emb
+            metrics["embed_distill"] = emb
+        if want_hidden:
+            hid = 0.5 * (hidden_state_distill(sq_h, tq_h, q_in[1]) + hidden_state_distill(sp_h, tp_h, p_in[1]))
+            total = total + d.hidden_weight * hid
+            metrics["hidden_distill"] = hid
         return total, metrics
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)

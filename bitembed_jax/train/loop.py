@@ -82,7 +82,10 @@ def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: 
                          "at least one")
     if cfg.stage not in ("pretrain", "finetune"):
         raise ValueError(f"config.stage={cfg.stage!r} must be pretrain or finetune")
-    if cfg.stage == "finetune" and (cfg.distill.sim_weight > 0 or cfg.distill.attn_weight > 0):
+    for key in DISTILL_WEIGHTS:
+        if cfg.distill.get(key, 0.0) < 0:
+            raise ValueError(f"config.distill.{key}={cfg.distill[key]} must be >= 0")
+    if uses_teacher(cfg):
         if not cfg.teacher.model:
             raise ValueError("config.teacher.model is empty but distillation weights are set "
                              "(give --teacher HF_OR_MODEL_DIR, or set config.distill.*_weight=0)")
@@ -101,8 +104,11 @@ def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: 
         raise ValueError(f"config.train.num_steps={cfg.train.num_steps} must be > 0")
 
 
+DISTILL_WEIGHTS = ("sim_weight", "attn_weight", "embed_weight", "hidden_weight")
+
+
 def uses_teacher(cfg) -> bool:
-    return cfg.stage == "finetune" and (cfg.distill.sim_weight > 0 or cfg.distill.attn_weight > 0)
+    return cfg.stage == "finetune" and any(cfg.distill.get(k, 0.0) > 0 for k in DISTILL_WEIGHTS)
 
 
 def load_teacher(cfg, student_cfg):
@@ -120,6 +126,10 @@ def load_teacher(cfg, student_cfg):
     if tcfg.vocab_size != student_cfg.vocab_size:
         raise ValueError(f"config.teacher.model: vocabulary {tcfg.vocab_size} != the student's "
                          f"{student_cfg.vocab_size}; teacher and student must share the tokenizer")
+    aligned = [k for k in ("embed_weight", "hidden_weight") if cfg.distill.get(k, 0.0) > 0]
+    if aligned and tcfg.hidden_size != student_cfg.hidden_size:
+        raise ValueError(f"config.distill.{aligned[0]}: the teacher's hidden size {tcfg.hidden_size} != the "
+                         f"student's {student_cfg.hidden_size}; vector alignment needs equal widths")
     return model
 
 
@@ -128,6 +138,10 @@ def load_student(init, dtype: str, remat: bool):
     path = init.model
     if os.path.exists(os.path.join(path, CONFIG_NAME)):
         model, mcfg = load_model_dir(path, dtype=dtype, remat=remat)
+        if mcfg.mode == "fp" and init.mode == "bitnet":  # e.g. a student started from the fp teacher
+            from bitembed_jax.convert.fp_to_bitnet import fp_to_bitnet
+
+            return fp_to_bitnet(model, mcfg, norm=init.norm, act_bits=init.act_bits)
         if mcfg.mode != init.mode:
             raise ValueError(f"config.init.mode={init.mode!r} but {path} holds a {mcfg.mode!r} model")
         return model, mcfg

@@ -1,0 +1,33 @@
+"""Full-precision encoder -> BitNet encoder, from our own model folders (no HF round trip).
+
+Lets a student start from a full-precision *embedder* (e.g. the contrastively trained teacher) instead of
+the raw LLM: the latent kernels are copied as they are (the ternary quantizer runs on them in the forward
+pass), the norm-refinement RMSNorms that the fp model lacks start at weight 1, as at HF import.
+"""
+import jax.numpy as jnp
+from flax import nnx
+
+from bitembed_jax.convert.hf_import import inserted_norm
+from bitembed_jax.io.model_dir import abstract_model
+from bitembed_jax.io.state_paths import fill_state, flat_params
+from bitembed_jax.models.config import ModelConfig
+
+
+def fp_to_bitnet(model, cfg: ModelConfig, *, norm: str, act_bits: int):
+    """(bitnet model, its config) holding ``model``'s weights; ``model`` must be an fp encoder."""
+    if cfg.mode != "fp":
+        raise ValueError(f"fp_to_bitnet: the source model is {cfg.mode!r}, not 'fp'")
+    bcfg = cfg.replace(mode="bitnet", norm=norm, act_bits=act_bits)
+    graphdef, abs_state = nnx.split(abstract_model(bcfg))
+    src = flat_params(nnx.state(model, nnx.Param))
+    values = {}
+    for path, leaf in flat_params(abs_state).items():
+        if path in src:
+            if src[path].shape != leaf.shape:
+                raise ValueError(f"fp_to_bitnet: {path} is {src[path].shape} in the fp model, {leaf.shape} in bitnet")
+            values[path] = jnp.asarray(src[path], leaf.dtype)
+        elif inserted_norm(path):
+            values[path] = jnp.ones(leaf.shape, leaf.dtype)
+        else:
+            raise ValueError(f"fp_to_bitnet: the fp model has no tensor for {path}")
+    return nnx.merge(graphdef, fill_state(abs_state, values)), bcfg
