@@ -44,7 +44,7 @@ def get_config():
     c.distill.sim_weight = 0.0  # alpha: similarity-distribution KL
     c.distill.attn_weight = 0.0  # beta: attention-relation KL
     c.distill.embed_weight = 0.0  # 1 - cos(student, teacher) of the pooled vectors (equal widths)
-    c.distill.hidden_weight = 0.0  # 1 - cos per real token of every layer's output, layers evenly mapped
+    c.distill.hidden_weight = 0.0  # standardized MSE of every layer's output on real tokens, layers evenly mapped
     c.distill.tau_student = 0.02
     c.distill.tau_teacher = 0.02
     c.distill.relation_heads = 8

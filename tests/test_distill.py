@@ -11,7 +11,7 @@ from jax.sharding import AxisType  # noqa: E402
 from bitembed_jax.losses.contrastive import candidate_scores  # noqa: E402
 from bitembed_jax.losses.distill import (attention_relation_distill, cosine_distill,  # noqa: E402
                                          hidden_state_distill, layer_map, sharded_similarity_distill,
-                                         similarity_distill)
+                                         similarity_distill, standardized_mse)
 from bitembed_jax.parallel.sharding import MESH_AXES  # noqa: E402
 
 B, K, D_S, D_T, TS, TT = 16, 2, 8, 12, 0.05, 0.02
@@ -189,9 +189,28 @@ def test_layer_map_and_hidden_state_distill_match_numpy():
     assert layer_map(3, 6) == [1, 3, 5]  # evenly spaced, last onto last
     assert layer_map(4, 2) == [0, 0, 1, 1]
     r = np.random.default_rng(7)
-    student, teacher = r.normal(size=(3, 2, 4, 8)), r.normal(size=(6, 2, 4, 8))
+    scale = np.array([1, 1, 1, 1, 1, 1, 1, 500.0])  # one massive feature, as in an LLM residual stream
+    student, teacher = r.normal(size=(3, 2, 4, 8)) * scale, r.normal(size=(6, 2, 4, 8)) * scale
     mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1]], bool)
-    want = np.mean([np_cos_distance(student[i], teacher[j])[mask].mean() for i, j in enumerate([1, 3, 5])])
+
+    def np_std_mse(s, t):
+        sd = t[mask].std(axis=0)
+        var = sd ** 2
+        return np.mean(((s - t)[mask] / np.sqrt(var + 1e-4 * np.median(var))) ** 2)
+
+    want = np.mean([np_std_mse(student[i], teacher[j]) for i, j in enumerate([1, 3, 5])])
     got = hidden_state_distill(tuple(jnp.float32(x) for x in student), tuple(jnp.float32(x) for x in teacher),
                                jnp.asarray(mask))
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_standardized_mse_weighs_every_feature_and_ignores_padding():
+    r = np.random.default_rng(8)
+    t = r.normal(size=(2, 5, 6)) * np.array([1, 1, 1, 1, 1, 300.0])
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    s = t.copy()
+    s[..., 0] += t[mask][:, 0].std()  # one sd off in a small feature ...
+    s[~mask] = 1e6  # ... and garbage on padding
+    got = float(standardized_mse(jnp.float32(s), jnp.float32(t), jnp.asarray(mask)))
+    np.testing.assert_allclose(got, 1.0 / 6.0, rtol=1e-3)  # (1 sd)^2 in 1 of 6 features
+    assert float(standardized_mse(jnp.float32(t), jnp.float32(t), jnp.asarray(mask))) == 0.0

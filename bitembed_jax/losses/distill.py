@@ -104,8 +104,27 @@ def layer_map(num_student: int, num_teacher: int) -> list[int]:
     return [-(-(i + 1) * num_teacher // num_student) - 1 for i in range(num_student)]  # ceil
 
 
+def standardized_mse(student, teacher, mask, rel_eps: float = 1e-4):
+    """Mean over real tokens and features of ((student - teacher) / sd)^2, sd per feature over the teacher's
+    real tokens of the batch (TinyBERT-style hidden-state MSE, standardized).
+
+    Standardized because an LLM's residual stream has a few massive feature dimensions (Gemma3's run in the
+    hundreds): a raw MSE or a cosine is all theirs and says little about the rest. ``rel_eps`` x the median
+    variance (not the mean, which the massive features own) keeps near-constant features from dividing by ~0. Inside jit the batch statistics cover the
+    global batch, however it is sharded.
+    """
+    t = jax.lax.stop_gradient(teacher).astype(jnp.float32)
+    w = mask.astype(jnp.float32)[..., None]
+    n = jnp.maximum(jnp.sum(w), 1.0)
+    mu = jnp.sum(t * w, axis=(0, 1)) / n
+    var = jnp.sum(jnp.square(t - mu) * w, axis=(0, 1)) / n
+    inv = jax.lax.rsqrt(var + rel_eps * jnp.median(var) + jnp.finfo(jnp.float32).tiny)
+    d = (student.astype(jnp.float32) - t) * inv
+    return jnp.sum(jnp.square(d) * w) / (n * t.shape[-1])
+
+
 def hidden_state_distill(student_hidden, teacher_hidden, mask):
-    """Per-layer hidden-state alignment: mean over student layers of ``cosine_distill`` on real tokens,
+    """Per-layer hidden-state alignment: mean over student layers of ``standardized_mse`` on real tokens,
     each student layer against the teacher layer ``layer_map`` gives it."""
     mapping = layer_map(len(student_hidden), len(teacher_hidden))
-    return sum(cosine_distill(s, teacher_hidden[j], mask) for s, j in zip(student_hidden, mapping)) / len(mapping)
+    return sum(standardized_mse(s, teacher_hidden[j], mask) for s, j in zip(student_hidden, mapping)) / len(mapping)
