@@ -1,6 +1,7 @@
 """Stage 3+4: fine-tuning with teacher distillation and multi-precision output embeddings."""
 import json
 import os
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -81,7 +82,8 @@ def test_bitnet_student_from_fp_folder_with_alignment(tiny_qwen3, tmp_path):
 
     fp = convert(tiny_qwen3, str(tmp_path / "fp"), mode="fp")
     direct, dcfg = load_model_dir(convert(tiny_qwen3, str(tmp_path / "bitnet"), mode="bitnet"))
-    made, mcfg = fp_to_bitnet(*load_model_dir(fp), norm=dcfg.norm, act_bits=dcfg.act_bits)
+    init = SimpleNamespace(mode="bitnet", norm=dcfg.norm, act_bits=dcfg.act_bits)
+    made, mcfg = fp_to_bitnet(*load_model_dir(fp), init)
     assert mcfg == dcfg
     want, got = flat_params(nnx.state(direct, nnx.Param)), flat_params(nnx.state(made, nnx.Param))
     assert sorted(want) == sorted(got)

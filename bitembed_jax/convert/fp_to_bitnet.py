@@ -13,11 +13,21 @@ from bitembed_jax.io.state_paths import fill_state, flat_params
 from bitembed_jax.models.config import ModelConfig
 
 
-def fp_to_bitnet(model, cfg: ModelConfig, *, norm: str, act_bits: int):
+def converts(cfg: ModelConfig, init) -> bool:
+    """True when a folder holding ``cfg`` is to become a bitnet student under ``config.init``."""
+    return cfg.mode == "fp" and init.mode == "bitnet"
+
+
+def bitnet_config(cfg: ModelConfig, init) -> ModelConfig:
+    """The student's config after ``fp_to_bitnet``: norm refinement and activation bits from ``config.init``."""
+    return cfg.replace(mode="bitnet", norm=init.norm, act_bits=init.act_bits)
+
+
+def fp_to_bitnet(model, cfg: ModelConfig, init):
     """(bitnet model, its config) holding ``model``'s weights; ``model`` must be an fp encoder."""
     if cfg.mode != "fp":
         raise ValueError(f"fp_to_bitnet: the source model is {cfg.mode!r}, not 'fp'")
-    bcfg = cfg.replace(mode="bitnet", norm=norm, act_bits=act_bits)
+    bcfg = bitnet_config(cfg, init)
     graphdef, abs_state = nnx.split(abstract_model(bcfg))
     src = flat_params(nnx.state(model, nnx.Param))
     values = {}

@@ -110,8 +110,8 @@ def standardized_mse(student, teacher, mask, rel_eps: float = 1e-4):
 
     Standardized because an LLM's residual stream has a few massive feature dimensions (Gemma3's run in the
     hundreds): a raw MSE or a cosine is all theirs and says little about the rest. ``rel_eps`` x the median
-    variance (not the mean, which the massive features own) keeps near-constant features from dividing by ~0. Inside jit the batch statistics cover the
-    global batch, however it is sharded.
+    variance (not the mean, which the massive features own) keeps near-constant features from dividing by
+    ~0. Inside jit the batch statistics cover the global batch, however it is sharded.
     """
     t = jax.lax.stop_gradient(teacher).astype(jnp.float32)
     w = mask.astype(jnp.float32)[..., None]

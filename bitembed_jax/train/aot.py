@@ -10,6 +10,7 @@ import os
 import jax
 from flax import nnx
 
+from bitembed_jax.convert.fp_to_bitnet import bitnet_config, converts
 from bitembed_jax.io.model_dir import CONFIG_NAME, abstract_model, read_config
 from bitembed_jax.models.presets import PRESETS
 from bitembed_jax.parallel.mesh import make_mesh
@@ -36,8 +37,8 @@ def model_config_for(cfg):
                 pooling=init.pooling, dtype=cfg.train.dtype, remat=cfg.train.remat)
     if os.path.exists(os.path.join(path, CONFIG_NAME)):
         mcfg, _ = read_config(path)
-        if mcfg.mode == "fp" and init.mode == "bitnet":  # train converts it (load_student)
-            mcfg = mcfg.replace(mode="bitnet", norm=init.norm, act_bits=init.act_bits)
+        if converts(mcfg, init):  # train converts it (load_student)
+            mcfg = bitnet_config(mcfg, init)
         return mcfg.replace(dtype=cfg.train.dtype, remat=cfg.train.remat)
     if os.path.exists(os.path.join(path, "config.json")):
         with open(os.path.join(path, "config.json")) as f:

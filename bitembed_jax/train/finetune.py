@@ -25,7 +25,7 @@ def finetune_loss_and_grads(params, batch, *, graphdef, mesh, cfg, teacher_param
     layer_s = int(d.student_layer) if want_attn else None
     layer_t = int(d.teacher_layer) if want_attn else None
 
-    want_hidden = d.get("hidden_weight", 0.0) > 0
+    want_hidden = d.hidden_weight > 0
 
     teacher = nnx.merge(teacher_graphdef, jax.lax.stop_gradient(teacher_params))
     tq, tq_qkv, tq_h = _encode(teacher, q_in, cfg.init.pooling, layer_t, want_hidden)
@@ -51,7 +51,7 @@ def finetune_loss_and_grads(params, batch, *, graphdef, mesh, cfg, teacher_param
                          + attention_relation_distill(sp_qkv, tp_qkv, p_in[1], num_relation_heads=d.relation_heads))
             total = total + d.attn_weight * rel
             metrics["attn_distill"] = rel
-        if d.get("embed_weight", 0.0) > 0:
+        if d.embed_weight > 0:
             emb = 0.5 * (cosine_distill(sq, tq) + cosine_distill(sp, tp))
             total = total + d.embed_weight * emb
             metrics["embed_distill"] = emb

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from bitembed_jax.convert.fp_to_bitnet import converts, fp_to_bitnet
 from bitembed_jax.io import paths
 from bitembed_jax.io.model_dir import CONFIG_NAME, load_model_dir, resolve_model_dir, save_model_dir
 from bitembed_jax.parallel.mesh import make_mesh, maybe_initialize_distributed, mesh_shape
@@ -83,7 +84,7 @@ def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: 
     if cfg.stage not in ("pretrain", "finetune"):
         raise ValueError(f"config.stage={cfg.stage!r} must be pretrain or finetune")
     for key in DISTILL_WEIGHTS:
-        if cfg.distill.get(key, 0.0) < 0:
+        if cfg.distill[key] < 0:
             raise ValueError(f"config.distill.{key}={cfg.distill[key]} must be >= 0")
     if uses_teacher(cfg):
         if not cfg.teacher.model:
@@ -108,7 +109,7 @@ DISTILL_WEIGHTS = ("sim_weight", "attn_weight", "embed_weight", "hidden_weight")
 
 
 def uses_teacher(cfg) -> bool:
-    return cfg.stage == "finetune" and any(cfg.distill.get(k, 0.0) > 0 for k in DISTILL_WEIGHTS)
+    return cfg.stage == "finetune" and any(cfg.distill[k] > 0 for k in DISTILL_WEIGHTS)
 
 
 def load_teacher(cfg, student_cfg):
@@ -126,7 +127,7 @@ def load_teacher(cfg, student_cfg):
     if tcfg.vocab_size != student_cfg.vocab_size:
         raise ValueError(f"config.teacher.model: vocabulary {tcfg.vocab_size} != the student's "
                          f"{student_cfg.vocab_size}; teacher and student must share the tokenizer")
-    aligned = [k for k in ("embed_weight", "hidden_weight") if cfg.distill.get(k, 0.0) > 0]
+    aligned = [k for k in ("embed_weight", "hidden_weight") if cfg.distill[k] > 0]
     if aligned and tcfg.hidden_size != student_cfg.hidden_size:
         raise ValueError(f"config.distill.{aligned[0]}: the teacher's hidden size {tcfg.hidden_size} != the "
                          f"student's {student_cfg.hidden_size}; vector alignment needs equal widths")
@@ -138,10 +139,8 @@ def load_student(init, dtype: str, remat: bool):
     path = init.model
     if os.path.exists(os.path.join(path, CONFIG_NAME)):
         model, mcfg = load_model_dir(path, dtype=dtype, remat=remat)
-        if mcfg.mode == "fp" and init.mode == "bitnet":  # e.g. a student started from the fp teacher
-            from bitembed_jax.convert.fp_to_bitnet import fp_to_bitnet
-
-            return fp_to_bitnet(model, mcfg, norm=init.norm, act_bits=init.act_bits)
+        if converts(mcfg, init):  # e.g. a student started from the fp teacher
+            return fp_to_bitnet(model, mcfg, init)
         if mcfg.mode != init.mode:
             raise ValueError(f"config.init.mode={init.mode!r} but {path} holds a {mcfg.mode!r} model")
         return model, mcfg
