@@ -23,7 +23,8 @@ Recipe options for the budget question (what converts best when pairs are few): 
 starts the student from the trained fp teacher converted to BitNet instead of the raw LLM;
 ``--pretrain-steps 0`` drops the separate contrastive pre-training stage (the fine-tunes start from the
 converted model); ``--embed-weight`` / ``--hidden-weight`` add pooled-vector and per-layer hidden-state
-alignment with the teacher to the distilled fine-tune. The ablation always differs from the student only in
+alignment with the teacher to the distilled fine-tune; ``--quant-warmup N`` blends the conversion in over
+the first N fine-tune steps (gradual quantization, from the fp model). The ablation always differs from the student only in
 having no distillation term.
 
 Prints markdown tables (scores, student/teacher ratios, bytes per vector, wall time per stage); the same
@@ -64,6 +65,8 @@ def parse_args(argv=None):
                    help="the BitNet conversion of the raw LLM (the paper) or of the trained fp teacher")
     p.add_argument("--embed-weight", type=float, default=0.0, help="distilled fine-tune: pooled-vector alignment")
     p.add_argument("--hidden-weight", type=float, default=0.0, help="distilled fine-tune: per-layer hidden states")
+    p.add_argument("--quant-warmup", type=int, default=0,
+                   help="fine-tunes: blend the BitNet conversion in over this many steps (train.quant_warmup_steps)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--eval-max-length", type=int, default=128)
     return p.parse_args(argv)
@@ -186,6 +189,7 @@ def report(results, times, args, n_train, held) -> str:
 
     datasets = [("heldout", "retrieval nDCG@10"), ("stsb", "STS-B test Spearman"),
                 ("sickr", f"SICK-R test Spearman (first {args.sick_limit})")]
+    warm = f"; gradual quantization over {args.quant_warmup} fine-tune steps" if args.quant_warmup else ""
     score = {m: {(r["dataset"], r["precision"]): r["score"] for r in results[m]["rows"]} for m in results}
     bpv = {r["precision"]: r["bytes_per_vector"] for r in results["teacher"]["rows"] if r["dataset"] == "stsb"}
     lines = [f"Gemma3-270M (GGUF Q4_K_M dequantized), {n_train} train pairs (medquad + boolq), "
@@ -193,7 +197,8 @@ def report(results, times, args, n_train, held) -> str:
              f"steps: teacher {args.teacher_steps} (lr {args.teacher_lr:g}), student pre-train {args.pretrain_steps}"
              f"{_lr(args.pretrain_lr)}, fine-tune {args.finetune_steps}{_lr(args.finetune_lr)}; student init: "
              f"{'raw LLM' if args.student_init == 'llm' else 'the trained fp teacher'} -> BitNet; distillation: "
-             f"similarity + attention relation{_extra_terms(args)}; hardware: {platform.processor() or platform.machine()}, "
+             f"similarity + attention relation{_extra_terms(args)}{warm}; "
+             f"hardware: {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.devices()[0].platform}.", ""]
     for ds, title in datasets:
         lines += [f"**{title}**", "", "| model | " + " | ".join(PRECISIONS) + " |",
@@ -251,19 +256,26 @@ def main(argv=None):
             f"--config.init.model={start}", f"--config.train.num_steps={args.pretrain_steps}", *lr(args.pretrain_lr),
             *common], os.path.join(wd, "student_pretrain"), stage_log))
     ft = [f"--config.init.model={pre}", f"--config.train.num_steps={args.finetune_steps}", *lr(args.finetune_lr),
-          *common]
-    student = timed("student fine-tune (distillation)", lambda: run_train(
+          f"--config.train.quant_warmup_steps={args.quant_warmup}", *common]
+    dirs = {"teacher": teacher, "student_pretrain": pre if args.pretrain_steps > 0 else None}
+    results = {}
+
+    def evaluated(m):  # right after each model is trained, so a long run has its first figures early
+        results[m] = timed(f"eval {m}", lambda: evaluate(dirs[m], held, args, os.path.join(wd, f"eval_{m}.json")))
+
+    for m in ("teacher", "student_pretrain"):
+        if dirs[m]:
+            evaluated(m)
+    dirs["student"] = timed("student fine-tune (distillation)", lambda: run_train(
         "gemma3_270m_cpu_finetune.py", [*ft, f"--config.teacher.model={teacher}",
                                         f"--config.distill.embed_weight={args.embed_weight}",
                                         f"--config.distill.hidden_weight={args.hidden_weight}"],
         os.path.join(wd, "student"), stage_log))
-    ablation = timed("ablation fine-tune (no distillation)", lambda: run_train(
+    evaluated("student")
+    dirs["ablation"] = timed("ablation fine-tune (no distillation)", lambda: run_train(
         "gemma3_270m_cpu_finetune.py", [*ft, "--config.distill.sim_weight=0", "--config.distill.attn_weight=0"],
         os.path.join(wd, "ablation"), stage_log))
-    dirs = {"teacher": teacher, "student_pretrain": pre if args.pretrain_steps > 0 else None, "student": student,
-            "ablation": ablation}
-    results = {m: timed(f"eval {m}", lambda m=m: evaluate(dirs[m], held, args, os.path.join(wd, f"eval_{m}.json")))
-               for m in MODELS if dirs[m]}
+    evaluated("ablation")
     text = report(results, times, args, n_train, held)
     with open(os.path.join(wd, "report.md"), "w") as f:
         f.write(text + "\n")

@@ -64,6 +64,9 @@ def get_config():
     c.train.grad_clip = 1.0
     c.train.dtype = "float32"  # compute dtype; parameters stay float32 (master weights)
     c.train.remat = False
+    # gradual quantization: blend the BitNet conversion (inserted norms, ternary weights, low-bit activations)
+    # in linearly over this many steps, from the fp model at step 1 (quant/warmup.py); 0 = all at once
+    c.train.quant_warmup_steps = 0
     # regexes over dotted parameter paths that stay fixed (no gradient, no optimizer state),
     # e.g. ["embed_tokens"] keeps the full-precision token embeddings as imported
     c.train.freeze = []

@@ -12,6 +12,7 @@ from flax import nnx
 from bitembed_jax.layers.norms import RMSNorm
 from bitembed_jax.quant.bitmatmul import bit_matmul
 from bitembed_jax.quant.ternary import ternary_int
+from bitembed_jax.quant.warmup import blended_matmul
 
 MODES = ("fp", "ternary")
 
@@ -41,19 +42,26 @@ class BitLinear(nnx.Module):
         init = nnx.initializers.normal(0.02)
         self.kernel = nnx.Param(init(rngs.params(), (in_features, out_features), jnp.float32), out_sharding=axes)
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32), out_sharding=(axes[1],)) if use_bias else None
-        self.norm = RMSNorm(in_features, eps=norm_eps) if pre_norm else None
+        self.norm = RMSNorm(in_features, eps=norm_eps, inserted=True) if pre_norm else None
         self.mode = mode
         self.act_bits = act_bits
         self.per_row_scale = per_row_scale
         self.dtype = dtype
         # set when loading an export: the kernel then holds q * scale and keeps exactly that scale
         self.frozen_scale = nnx.data(None)
+        self.blends = mode == "ternary"
+        self.quant_mix = nnx.data(None)  # set inside a gradual-quantization warmup step only (quant/warmup.py)
 
     def __call__(self, x):
         if self.norm is not None:
             x = self.norm(x)
         w = self.kernel[...]
-        if self.mode == "ternary":
+        if self.mode == "ternary" and self.quant_mix is not None:
+            if self.frozen_scale is not None:
+                raise ValueError("gradual quantization trains latent kernels; this layer holds a loaded export")
+            y = blended_matmul(x, w, self.quant_mix, bits=self.act_bits, per_row=self.per_row_scale,
+                               dtype=self.dtype)
+        elif self.mode == "ternary":
             scale = None if self.frozen_scale is None else self.frozen_scale[...]
             y = bit_matmul(x, w, bits=self.act_bits, per_row=self.per_row_scale, frozen_scale=scale,
                            dtype=self.dtype)

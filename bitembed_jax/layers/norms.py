@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bitembed_jax.quant.warmup import blend
+
 
 def rms_norm(x, weight, eps: float, offset: bool):
     xf = x.astype(jnp.float32)
@@ -16,11 +18,17 @@ def rms_norm(x, weight, eps: float, offset: bool):
 
 
 class RMSNorm(nnx.Module):
-    def __init__(self, dim: int, *, eps: float, offset: bool = False, axis_name: str = "norm"):
+    def __init__(self, dim: int, *, eps: float, offset: bool = False, axis_name: str = "norm",
+                 inserted: bool = False):
         init = jnp.zeros if offset else jnp.ones
         self.weight = nnx.Param(init((dim,), jnp.float32), out_sharding=(axis_name,))
         self.eps = eps
         self.offset = offset
+        self.blends = inserted  # added by the BitNet conversion: gradual quantization blends it in
+        self.quant_mix = nnx.data(None)  # set inside a warmup step only (quant/warmup.py)
 
     def __call__(self, x):
-        return rms_norm(x, self.weight[...], self.eps, self.offset)
+        y = rms_norm(x, self.weight[...], self.eps, self.offset)
+        if self.quant_mix is not None:
+            y = blend(x, y, self.quant_mix)
+        return y

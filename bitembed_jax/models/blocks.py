@@ -34,7 +34,7 @@ def linear(cfg: ModelConfig, din: int, dout: int, axes, rngs, bias: bool = False
 
 
 def subln(cfg: ModelConfig, dim: int):
-    return RMSNorm(dim, eps=cfg.rms_norm_eps) if cfg.mode == "bitnet" and cfg.norm == "subln" else None
+    return RMSNorm(dim, eps=cfg.rms_norm_eps, inserted=True) if cfg.mode == "bitnet" and cfg.norm == "subln" else None
 
 
 class Attention(nnx.Module):

@@ -7,7 +7,7 @@ from flax import nnx
 from bitembed_jax.losses.distill import (attention_relation_distill, cosine_distill, hidden_state_distill,
                                         sharded_similarity_distill)
 from bitembed_jax.models import pool
-from bitembed_jax.train.step import multi_precision_info_nce, split_inputs, temperature_of
+from bitembed_jax.train.step import merge_model, multi_precision_info_nce, split_inputs, temperature_of
 
 
 def _encode(model, inputs, pooling, layer, hidden=False):
@@ -17,7 +17,7 @@ def _encode(model, inputs, pooling, layer, hidden=False):
 
 
 def finetune_loss_and_grads(params, batch, *, graphdef, mesh, cfg, teacher_params, teacher_graphdef,
-                            model_shardings=None):
+                            model_shardings=None, quant_mix=None):
     d = cfg.distill
     q_in, p_in, n_in = split_inputs(batch)
     k = batch["negative_ids"].shape[1] if n_in is not None else 0
@@ -33,7 +33,7 @@ def finetune_loss_and_grads(params, batch, *, graphdef, mesh, cfg, teacher_param
     tn = None if n_in is None else _encode(teacher, n_in, cfg.init.pooling, None)[0].reshape(-1, k, tq.shape[-1])
 
     def loss_fn(prm):
-        student = nnx.merge(graphdef, prm["model"])
+        student = merge_model(graphdef, prm["model"], quant_mix)
         sq, sq_qkv, sq_h = _encode(student, q_in, cfg.init.pooling, layer_s, want_hidden)
         sp, sp_qkv, sp_h = _encode(student, p_in, cfg.init.pooling, layer_s, want_hidden)
         sn = None if n_in is None else _encode(student, n_in, cfg.init.pooling, None)[0].reshape(-1, k, sq.shape[-1])

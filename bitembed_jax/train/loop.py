@@ -103,6 +103,13 @@ def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: 
             raise ValueError(f"config.train.freeze: {pattern!r} is not a valid regular expression: {e}") from None
     if cfg.train.num_steps <= 0:
         raise ValueError(f"config.train.num_steps={cfg.train.num_steps} must be > 0")
+    warmup = cfg.train.quant_warmup_steps
+    if not 0 <= warmup < cfg.train.num_steps:
+        raise ValueError(f"config.train.quant_warmup_steps={warmup} must be >= 0 and below train.num_steps="
+                         f"{cfg.train.num_steps}: the run has to end fully quantized")
+    if warmup and cfg.init.mode != "bitnet":
+        raise ValueError(f"config.train.quant_warmup_steps={warmup} blends in the BitNet conversion; "
+                         f"config.init.mode={cfg.init.mode!r} has none (use 0)")
 
 
 DISTILL_WEIGHTS = ("sim_weight", "attn_weight", "embed_weight", "hidden_weight")
@@ -227,7 +234,7 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
         for step in range(start + 1, int(cfg.train.num_steps) + 1):
             host_batch = next(data_iter)
             batch = global_batch(host_batch, fns.batch_shardings)
-            state, metrics = fns.step(state, batch, *teacher_args)
+            state, metrics = fns.step_for(step - 1)(state, batch, *teacher_args)
             metrics = jax.device_get(metrics)
             real_tokens += int(metrics.pop("tokens"))
             if not np.isfinite(metrics["loss"]):

@@ -5,7 +5,8 @@ program is the same. State is a plain pytree {params, opt_state, step}; params
 hold the model's parameters as a pure dict and, when learnable, the log inverse
 temperature.
 """
-from typing import Any, Callable, NamedTuple
+from functools import partial
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from bitembed_jax.losses.contrastive import sharded_info_nce
 from bitembed_jax.models import pool
 from bitembed_jax.parallel.sharding import logical_sharding, state_shardings
 from bitembed_jax.quant.embedding import matryoshka, quantize_ste
+from bitembed_jax.quant.warmup import mix_at, set_quant_mix
 from bitembed_jax.train.grad_cache import grad_cache_step
 from bitembed_jax.train.optimizer import check_freeze, frozen_mask
 
@@ -29,12 +31,27 @@ class StepFns(NamedTuple):
     batch_shardings: dict
     abstract_state: Any
     teacher_shardings: Any = None  # the step's third argument when a teacher is used
+    # gradual quantization: the program for the first ``quant_warmup_steps`` steps (a blended forward)
+    warmup_step: Optional[Callable] = None
+    quant_warmup_steps: int = 0
+
+    def step_for(self, completed: int) -> Callable:
+        """The jitted step to run after ``completed`` steps."""
+        return self.warmup_step if completed < self.quant_warmup_steps else self.step
 
 
-def make_embed_fn(graphdef, pooling: str):
+def merge_model(graphdef, model_params, quant_mix=None):
+    """The model from its params; in a gradual-quantization warmup step, with its conversion blended in."""
+    model = nnx.merge(graphdef, model_params)
+    if quant_mix is not None:
+        set_quant_mix(model, quant_mix)
+    return model
+
+
+def make_embed_fn(graphdef, pooling: str, quant_mix=None):
     def embed_fn(model_params, inputs):
         ids, mask = inputs
-        out = nnx.merge(graphdef, model_params)(ids, mask)
+        out = merge_model(graphdef, model_params, quant_mix)(ids, mask)
         return pool(out.last_hidden_state, mask, pooling)
     return embed_fn
 
@@ -79,9 +96,9 @@ def multi_precision_info_nce(mesh, q, p, negs, *, temperature, loss_cfg):
     return total, metrics
 
 
-def contrastive_loss_and_grads(params, batch, *, graphdef, mesh, cfg, model_shardings=None):
+def contrastive_loss_and_grads(params, batch, *, graphdef, mesh, cfg, model_shardings=None, quant_mix=None):
     """(loss, metrics, grads) for one global batch; GradCache chunking when cfg.loss.num_chunks > 1."""
-    embed_fn = make_embed_fn(graphdef, cfg.init.pooling)
+    embed_fn = make_embed_fn(graphdef, cfg.init.pooling, quant_mix)
     q_in, p_in, n_in = split_inputs(batch)
     k = batch["negative_ids"].shape[1] if n_in is not None else 0
 
@@ -154,8 +171,12 @@ def make_train_step(cfg, graphdef, abstract_model_state, mesh, tx, schedule, *, 
     state_sh = {"params": params_sh, "opt_state": opt_sh, "step": repl}
     init = jax.jit(init_fn, out_shardings=state_sh)
 
-    def step_fn(state, batch, teacher_params=None):
+    warmup = int(cfg.train.quant_warmup_steps)
+
+    def step_fn(state, batch, teacher_params=None, *, blended=False):
         kw = {} if teacher is None else {"teacher_params": teacher_params, "teacher_graphdef": teacher[0]}
+        if blended:
+            kw["quant_mix"] = mix_at(state["step"], warmup)
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # the models' activation constraints use it
             loss, aux, grads = loss_and_grads(state["params"], batch, graphdef=graphdef, mesh=mesh, cfg=cfg,
                                               model_shardings=params_sh["model"], **kw)
@@ -165,17 +186,21 @@ def make_train_step(cfg, graphdef, abstract_model_state, mesh, tx, schedule, *, 
         params = optax.apply_updates(state["params"], updates)
         # non-padding tokens of the global batch: a sum over the sharded masks, so every host sees the total
         tokens = sum(jnp.sum(v, dtype=jnp.int32) for k, v in batch.items() if k.endswith("_mask"))
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"]),
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state["step"]),
                    "tokens": tokens, **aux}
         if cfg.loss.learnable_temperature:
             metrics["temperature"] = jnp.exp(-params["log_inv_temperature"])
+        if blended:
+            metrics["quant_mix"] = kw["quant_mix"]
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
     b_sh = batch_shardings(mesh, cfg.data.num_negatives > 0)
-    if teacher is None:
-        step = jax.jit(step_fn, in_shardings=(state_sh, b_sh), out_shardings=(state_sh, repl), donate_argnums=0)
-        return StepFns(init, step, state_sh, b_sh, abs_state)
-    teacher_sh = state_shardings(teacher[1], mesh)
-    step = jax.jit(step_fn, in_shardings=(state_sh, b_sh, teacher_sh), out_shardings=(state_sh, repl),
-                   donate_argnums=0)
-    return StepFns(init, step, state_sh, b_sh, abs_state, teacher_sh)
+    teacher_sh = None if teacher is None else state_shardings(teacher[1], mesh)
+    in_sh = (state_sh, b_sh) if teacher is None else (state_sh, b_sh, teacher_sh)
+
+    def jitted(blended):
+        return jax.jit(partial(step_fn, blended=blended), in_shardings=in_sh, out_shardings=(state_sh, repl),
+                       donate_argnums=0)
+
+    return StepFns(init, jitted(False), state_sh, b_sh, abs_state, teacher_sh,
+                   jitted(True) if warmup else None, warmup)
