@@ -64,8 +64,9 @@ def abstract_batch(cfg, shardings):
             for key in BATCH_KEYS if key in shardings}
 
 
-def compile_step(cfg, devices):
-    """Lower and compile the train step (with the teacher for fine-tuning configs) for ``devices``."""
+def compile_programs(cfg, devices):
+    """([compiled train step, compiled warmup step if gradual quantization is on], model config): the step
+    with the teacher for fine-tuning configs, lowered and compiled for ``devices``."""
     if uses_teacher(cfg) and not cfg.teacher.model:
         # only the teacher's architecture matters here, and it is the student's (in fp)
         cfg = cfg.copy_and_resolve_references()
@@ -88,8 +89,22 @@ def compile_step(cfg, devices):
         fns = make_train_step(cfg, graphdef, abs_state, mesh, tx, schedule)
         extra = ()
     state = with_shardings(fns.abstract_state, fns.state_shardings)
-    lowered = fns.step.lower(state, abstract_batch(cfg, fns.batch_shardings), *extra)
-    return lowered.compile(), mcfg
+    batch = abstract_batch(cfg, fns.batch_shardings)
+    programs = [fns.step] + ([fns.warmup_step] if fns.warmup_step is not None else [])
+    return [p.lower(state, batch, *extra).compile() for p in programs], mcfg
+
+
+def compile_step(cfg, devices):
+    """The compiled train step for ``devices``. Gradual quantization runs another program first (fake-quantized
+    float matmuls instead of integer codes); the pod has to hold both, so the larger by memory is returned."""
+    compiled, mcfg = compile_programs(cfg, devices)
+    return max(compiled, key=lambda c: total_bytes(c.memory_analysis())), mcfg
+
+
+def total_bytes(mem) -> int:
+    """Per-chip bytes a compiled program needs: arguments, temporaries, outputs not aliased, code."""
+    return (mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes
+            - getattr(mem, "alias_size_in_bytes", 0) + getattr(mem, "generated_code_size_in_bytes", 0))
 
 
 def model_flops_per_step(mcfg, cfg) -> float:
@@ -121,7 +136,7 @@ def report(compiled, topology: str, num_chips: int, step_time_s: float | None = 
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     args, temp, out = mem.argument_size_in_bytes, mem.temp_size_in_bytes, mem.output_size_in_bytes
     alias = getattr(mem, "alias_size_in_bytes", 0)
-    total = args + temp + out - alias + getattr(mem, "generated_code_size_in_bytes", 0)
+    total = total_bytes(mem)
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
     r = {"topology": topology, "chips": num_chips, "argument_gib": args / GIB, "temp_gib": temp / GIB,
          "output_gib": out / GIB, "alias_gib": alias / GIB, "total_gib": total / GIB, "hbm_gib": hbm / GIB,
