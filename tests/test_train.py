@@ -98,6 +98,23 @@ def test_resume_refuses_different_config(data8_run, bitnet_dir):
         train(quick_cfg(bitnet_dir, "--config.loss.temperature=0.1"), wd)
 
 
+def test_config_saved_before_an_added_key_resumes_at_its_old_behaviour(bitnet_dir, tmp_path):
+    """A work dir from before train.quant_warmup_steps existed: the key's old behaviour (0) resumes, any
+    other value is a different run."""
+    from bitembed_jax.train.checkpoint import CONFIG_FILE, check_or_write_config
+
+    cfg = quick_cfg(bitnet_dir)
+    check_or_write_config(str(tmp_path), cfg)
+    path = tmp_path / CONFIG_FILE
+    saved = json.loads(path.read_text())
+    del saved["train"]["quant_warmup_steps"]
+    path.write_text(json.dumps(saved))
+    check_or_write_config(str(tmp_path), quick_cfg(bitnet_dir))
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"train.quant_warmup_steps: saved 0 != now 2"):
+        check_or_write_config(str(tmp_path), quick_cfg(bitnet_dir, "--config.train.quant_warmup_steps=2"))
+
+
 def test_nonfinite_loss_stops_and_keeps_checkpoint(bitnet_dir, tmp_path):
     cfg = quick_cfg(bitnet_dir, "--config.train.learning_rate=1e30", "--config.checkpoint.every_steps=1",
                     "--config.train.grad_clip=0.0")

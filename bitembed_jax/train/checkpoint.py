@@ -16,6 +16,9 @@ from bitembed_jax.io import paths
 CONFIG_FILE = "config.json"
 # keys that may change between a run and its resumption: they don't change what is being trained
 RESUMABLE_PREFIXES = ("train.num_steps", "train.log_every", "checkpoint.", "mesh.", "data.dataset_dir")
+# keys added after work dirs existed, with the value that trains as before the key existed: a saved config
+# without the key resumes when the key still has that value
+ADDED_KEYS = {"train.quant_warmup_steps": 0}
 
 
 def _flatten(d, prefix=""):
@@ -40,6 +43,7 @@ def check_or_write_config(workdir: str, cfg, *, is_writer: bool = True):
     if paths.exists(path):
         saved = json.loads(epath.Path(path).read_text())
         a, b = _flatten(saved), _flatten(current)
+        a.update({k: v for k, v in ADDED_KEYS.items() if k not in a and k in b})
         diff = sorted(k for k in set(a) | set(b)
                       if a.get(k, "<absent>") != b.get(k, "<absent>") and not k.startswith(RESUMABLE_PREFIXES))
         if diff:
