@@ -24,8 +24,8 @@ starts the student from the trained fp teacher converted to BitNet instead of th
 ``--pretrain-steps 0`` drops the separate contrastive pre-training stage (the fine-tunes start from the
 converted model); ``--embed-weight`` / ``--hidden-weight`` add pooled-vector and per-layer hidden-state
 alignment with the teacher to the distilled fine-tune; ``--quant-warmup N`` blends the conversion in over
-the first N fine-tune steps (gradual quantization, from the fp model). The ablation always differs from the student only in
-having no distillation term.
+the first N fine-tune steps (gradual quantization, from the fp model). The ablation always differs from the
+student only in having no distillation term.
 
 Prints markdown tables (scores, student/teacher ratios, bytes per vector, wall time per stage); the same
 goes to WORKDIR/report.md. Training data order, split and initialisation are fixed by ``--seed``.

@@ -49,8 +49,12 @@ class BitLinear(nnx.Module):
         self.dtype = dtype
         # set when loading an export: the kernel then holds q * scale and keeps exactly that scale
         self.frozen_scale = nnx.data(None)
-        self.blends = mode == "ternary"
         self.quant_mix = nnx.data(None)  # set inside a gradual-quantization warmup step only (quant/warmup.py)
+
+    @property
+    def blends(self) -> bool:
+        """Gradual quantization blends this layer in (quant/warmup.py): only ternary layers are converted."""
+        return self.mode == "ternary"
 
     def __call__(self, x):
         if self.norm is not None:
