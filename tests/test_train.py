@@ -168,3 +168,49 @@ def test_freeze_errors(bitnet_dir, tmp_path, pattern, match):
     with pytest.raises(ValueError, match=match):
         train(quick_cfg(bitnet_dir, f"--config.train.freeze=['{pattern}']"), str(tmp_path))
     assert not os.path.exists(tmp_path / "checkpoints") or not os.listdir(tmp_path / "checkpoints")
+
+
+def _free(monkeypatch, nbytes):
+    import types
+
+    from bitembed_jax.train import checkpoint
+
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=nbytes))
+
+
+def test_disk_room_counts_kept_checkpoints_and_the_model(tmp_path, monkeypatch):
+    """keep + 1 state copies at the peak (orbax writes before it rotates), minus those already on disk, plus
+    the final model folder; a run too short to reach keep saves needs fewer copies."""
+    import ml_collections
+
+    from bitembed_jax.train.checkpoint import check_disk_room
+
+    f32 = lambda n: jax.ShapeDtypeStruct((n,), np.float32)  # noqa: E731
+    state = {"params": {"w": f32(1024)}, "opt_state": {"mu": f32(1024)}, "step": jax.ShapeDtypeStruct((), np.int32)}
+    per_copy, model = 8196, 4096
+    ckpt = ml_collections.ConfigDict({"every_steps": 10, "keep": 2})
+    wd = str(tmp_path)
+    cases = [((100, 0, 0), 3 * per_copy + model),  # saves at 0, 10, ..., 100: peak keep + 1 = 3
+             ((5, 0, 0), per_copy + model)]         # only the first step is saved
+    for (steps, start, saved), needed in cases:
+        _free(monkeypatch, needed)
+        check_disk_room(wd, state, ckpt, steps, start, saved)
+        _free(monkeypatch, needed - 1)
+        with pytest.raises(OSError, match=r"needs about .*config.checkpoint.keep=2"):
+            check_disk_room(wd, state, ckpt, steps, start, saved)
+    os.makedirs(tmp_path / "checkpoints" / "10")
+    (tmp_path / "checkpoints" / "10" / "blob").write_bytes(b"\0" * per_copy)  # one copy already held
+    _free(monkeypatch, 2 * per_copy + model)
+    check_disk_room(wd, state, ckpt, 100, 10, 1)
+    _free(monkeypatch, 2 * per_copy + model - 1)
+    with pytest.raises(OSError):
+        check_disk_room(wd, state, ckpt, 100, 10, 1)
+    check_disk_room("gs://bucket/run", state, ckpt, 100, 0, 0)  # remote stores are not measured
+
+
+def test_full_disk_refused_before_the_first_step(bitnet_dir, tmp_path, monkeypatch):
+    _free(monkeypatch, 1 << 20)
+    with pytest.raises(OSError, match=rf"{tmp_path}: 0.0 GiB free on its disk, but this run needs about"):
+        train(quick_cfg(bitnet_dir), str(tmp_path))
+    assert not os.path.exists(tmp_path / "metrics.jsonl") or not open(tmp_path / "metrics.jsonl").read()
+    assert not os.listdir(tmp_path / "checkpoints")

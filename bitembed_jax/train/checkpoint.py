@@ -7,7 +7,11 @@ the keys that differ.
 """
 import base64
 import json
+import os
+import shutil
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -67,6 +71,39 @@ def _decode_data_state(state):
     return state
 
 
+def tree_bytes(tree) -> int:
+    """Bytes of an array tree (abstract or not), as a checkpoint stores it uncompressed."""
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def check_disk_room(workdir: str, abstract_state, ckpt_cfg, num_steps: int, start: int, saved: int):
+    """Refuse to start a local run whose checkpoints and final model folder cannot fit on the work dir's disk.
+
+    Without this a full disk ends the run at a later save, after hours of training. Orbax writes the new
+    checkpoint before it deletes the oldest, so keep + 1 copies of the state exist at the peak; the ones
+    already in the work dir (``saved`` of them) are rotated out. Orbax also saves the first step of a run.
+    """
+    if paths.is_remote(workdir):
+        return
+    every, keep = int(ckpt_cfg.every_steps), int(ckpt_cfg.keep)
+    future = num_steps // every - start // every + (0 if saved else 1)
+    per_copy = tree_bytes(abstract_state)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    held = folder_bytes(ckpt_dir) if os.path.isdir(ckpt_dir) else 0
+    needed = max(0, min(keep + 1, saved + future) * per_copy - held) + tree_bytes(abstract_state["params"])
+    free = shutil.disk_usage(workdir).free
+    if needed > free:
+        gib = lambda b: f"{b / 2**30:.1f} GiB"  # noqa: E731
+        raise OSError(f"{workdir}: {gib(free)} free on its disk, but this run needs about {gib(needed)}: up to "
+                      f"config.checkpoint.keep={keep} checkpoints of {gib(per_copy)} (params and optimizer "
+                      f"state) plus the one being written, and the final model folder. Free some space, lower "
+                      f"config.checkpoint.keep, or choose another --workdir.")
+
+
 class Checkpointer:
     def __init__(self, workdir: str, ckpt_cfg):
         options = ocp.CheckpointManagerOptions(
@@ -77,6 +114,9 @@ class Checkpointer:
 
     def latest_step(self):
         return self.manager.latest_step()
+
+    def num_saved(self) -> int:
+        return len(self.manager.all_steps())
 
     def save(self, step: int, state, data_state, *, force: bool = False) -> bool:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),

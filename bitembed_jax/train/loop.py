@@ -12,7 +12,7 @@ from bitembed_jax.convert.fp_to_bitnet import converts, fp_to_bitnet
 from bitembed_jax.io import paths
 from bitembed_jax.io.model_dir import CONFIG_NAME, load_model_dir, resolve_model_dir, save_model_dir
 from bitembed_jax.parallel.mesh import make_mesh, maybe_initialize_distributed, mesh_shape
-from bitembed_jax.train.checkpoint import Checkpointer, check_or_write_config
+from bitembed_jax.train.checkpoint import Checkpointer, check_disk_room, check_or_write_config
 from bitembed_jax.train.metrics import MetricsWriter
 from bitembed_jax.train.optimizer import make_optimizer
 from bitembed_jax.train.step import make_train_step, with_shardings
@@ -215,6 +215,9 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
     ckpt = Checkpointer(workdir, cfg.checkpoint)
     data_iter = iter(pipeline)
     start = ckpt.latest_step()
+    # every host checks (a multi-host work dir is shared), so all stop together rather than some hang
+    check_disk_room(workdir, fns.abstract_state, cfg.checkpoint, int(cfg.train.num_steps), start or 0,
+                    ckpt.num_saved())
     if start is not None:
         state, data_state = ckpt.restore(start, with_shardings(fns.abstract_state, fns.state_shardings))
         data_iter.set_state(data_state)
