@@ -214,3 +214,23 @@ def test_full_disk_refused_before_the_first_step(bitnet_dir, tmp_path, monkeypat
         train(quick_cfg(bitnet_dir), str(tmp_path))
     assert not os.path.exists(tmp_path / "metrics.jsonl") or not open(tmp_path / "metrics.jsonl").read()
     assert not os.listdir(tmp_path / "checkpoints")
+
+
+def test_failed_save_names_the_checkpoint_that_survives(bitnet_dir, tmp_path, monkeypatch):
+    from bitembed_jax.train import checkpoint
+    from bitembed_jax.train.loop import CheckpointSaveError
+
+    real_save = checkpoint.Checkpointer.save
+
+    def save(self, step, *a, **k):
+        if step == 4:
+            raise OSError(28, "No space left on device")
+        return real_save(self, step, *a, **k)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", save)
+    with pytest.raises(CheckpointSaveError, match=r"failed at step 4: .*No space left on device\n"
+                                                  r"The last complete checkpoint \(step 3\) is intact"):
+        train(quick_cfg(bitnet_dir), str(tmp_path))
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", real_save)
+    assert train(quick_cfg(bitnet_dir), str(tmp_path))  # resumes from step 3 and finishes
+    assert len(losses(str(tmp_path))) == 6
