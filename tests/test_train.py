@@ -200,6 +200,8 @@ def test_disk_room_counts_kept_checkpoints_and_the_model(tmp_path, monkeypatch):
             check_disk_room(wd, state, ckpt, steps, start, saved)
     os.makedirs(tmp_path / "checkpoints" / "10")
     (tmp_path / "checkpoints" / "10" / "blob").write_bytes(b"\0" * per_copy)  # one copy already held
+    os.makedirs(tmp_path / "checkpoints" / "20.orbax-checkpoint-tmp")  # a crashed save's leftovers don't count
+    (tmp_path / "checkpoints" / "20.orbax-checkpoint-tmp" / "blob").write_bytes(b"\0" * per_copy)
     _free(monkeypatch, 2 * per_copy + model)
     check_disk_room(wd, state, ckpt, 100, 10, 1)
     _free(monkeypatch, 2 * per_copy + model - 1)

@@ -93,7 +93,9 @@ def check_disk_room(workdir: str, abstract_state, ckpt_cfg, num_steps: int, star
     future = num_steps // every - start // every + (0 if saved else 1)
     per_copy = tree_bytes(abstract_state)
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    held = folder_bytes(ckpt_dir) if os.path.isdir(ckpt_dir) else 0
+    # finished steps only: a half-written *.orbax-checkpoint-tmp folder left by a crash is not rotated out
+    held = sum(folder_bytes(os.path.join(ckpt_dir, d)) for d in os.listdir(ckpt_dir) if d.isdigit()) \
+        if os.path.isdir(ckpt_dir) else 0
     needed = max(0, min(keep + 1, saved + future) * per_copy - held) + tree_bytes(abstract_state["params"])
     free = shutil.disk_usage(workdir).free
     if needed > free:
