@@ -1,6 +1,7 @@
 """Training on an 8-device CPU mesh: loss goes down, meshes agree, config errors are caught early."""
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -219,20 +220,68 @@ def test_full_disk_refused_before_the_first_step(bitnet_dir, tmp_path, monkeypat
 
 
 def test_failed_save_names_the_checkpoint_that_survives(bitnet_dir, tmp_path, monkeypatch):
-    from bitembed_jax.train import checkpoint
-    from bitembed_jax.train.loop import CheckpointSaveError
+    import orbax.checkpoint as ocp
 
-    real_save = checkpoint.Checkpointer.save
+    from bitembed_jax.train.checkpoint import CheckpointSaveError
 
-    def save(self, step, *a, **k):
+    real_save = ocp.CheckpointManager.save
+
+    def save(self, step, *a, **k):  # orbax itself fails, as on a full disk
         if step == 4:
             raise OSError(28, "No space left on device")
         return real_save(self, step, *a, **k)
 
-    monkeypatch.setattr(checkpoint.Checkpointer, "save", save)
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
     with pytest.raises(CheckpointSaveError, match=r"failed at step 4: .*No space left on device\n"
                                                   r"The last complete checkpoint \(step 3\) is intact"):
         train(quick_cfg(bitnet_dir), str(tmp_path))
-    monkeypatch.setattr(checkpoint.Checkpointer, "save", real_save)
+    monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
     assert train(quick_cfg(bitnet_dir), str(tmp_path))  # resumes from step 3 and finishes
     assert len(losses(str(tmp_path))) == 6
+
+
+def _async_saves_fail(monkeypatch, steps):
+    """Saves of ``steps`` are begun but never finish; the error surfaces when the run waits for them."""
+    import orbax.checkpoint as ocp
+
+    real_save, real_wait = ocp.CheckpointManager.save, ocp.CheckpointManager.wait_until_finished
+    pending = []
+
+    def save(self, step, *a, **k):
+        if step in steps:
+            pending.append(step)
+            return True
+        return real_save(self, step, *a, **k)
+
+    def wait(self):
+        real_wait(self)
+        if pending:
+            pending.clear()
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", wait)
+
+
+def test_failed_final_async_save_is_reported_and_resumable(bitnet_dir, tmp_path, monkeypatch):
+    from bitembed_jax.train.checkpoint import CheckpointSaveError
+
+    _async_saves_fail(monkeypatch, {6})
+    with pytest.raises(CheckpointSaveError, match=r"failed at step 6: .*No space left on device\n"
+                                                  r"The last complete checkpoint \(step 3\) is intact"):
+        train(quick_cfg(bitnet_dir, "--config.checkpoint.async_save=True"), str(tmp_path))
+    assert not os.path.exists(tmp_path / "model"), "no model folder from a run whose last checkpoint failed"
+    monkeypatch.undo()
+    assert train(quick_cfg(bitnet_dir), str(tmp_path))  # resumes from step 3 and finishes
+    assert len(losses(str(tmp_path))) == 6
+
+
+def test_a_failing_save_does_not_mask_the_error_that_stopped_the_run(bitnet_dir, tmp_path, monkeypatch, caplog):
+    cfg = quick_cfg(bitnet_dir, "--config.train.learning_rate=1e30", "--config.checkpoint.every_steps=1",
+                    "--config.train.grad_clip=0.0")
+    _async_saves_fail(monkeypatch, range(1, 7))
+    with pytest.raises(NonFiniteLoss, match=r"at step (\d+)") as stopped:
+        train(cfg, str(tmp_path))
+    nan_step = int(re.search(r"at step (\d+)", str(stopped.value)).group(1))
+    assert f"failed at step {nan_step - 1}: [Errno 28] No space left on device\nNo checkpoint was completed" \
+        in caplog.text

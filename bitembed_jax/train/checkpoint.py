@@ -7,6 +7,7 @@ the keys that differ.
 """
 import base64
 import json
+import logging
 import os
 import shutil
 
@@ -106,6 +107,10 @@ def check_disk_room(workdir: str, abstract_state, ckpt_cfg, num_steps: int, star
                       f"config.checkpoint.keep, or choose another --workdir.")
 
 
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint save failed (now, or an earlier async save surfacing); the message names what survives."""
+
+
 class Checkpointer:
     def __init__(self, workdir: str, ckpt_cfg):
         options = ocp.CheckpointManagerOptions(
@@ -113,6 +118,7 @@ class Checkpointer:
             enable_async_checkpointing=bool(ckpt_cfg.async_save), create=True)
         self.directory = paths.join(paths.absolute(workdir), "checkpoints")
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._started = None  # the step of the last save begun: an async save's failure surfaces when waited on
 
     def latest_step(self):
         return self.manager.latest_step()
@@ -120,10 +126,23 @@ class Checkpointer:
     def num_saved(self) -> int:
         return len(self.manager.all_steps())
 
+    def _failed(self, step: int, e: Exception) -> CheckpointSaveError:
+        last = self.latest_step()
+        survives = (f"The last complete checkpoint (step {last}) is intact; fix the cause and rerun the same "
+                    f"command to resume from it." if last is not None else
+                    "No checkpoint was completed; fix the cause and rerun the same command to start again.")
+        return CheckpointSaveError(f"saving a checkpoint in {self.directory} failed at step {step}: {e}\n{survives}")
+
     def save(self, step: int, state, data_state, *, force: bool = False) -> bool:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   data=ocp.args.JsonSave(_encode_data_state(data_state)))
-        return self.manager.save(step, args=args, force=force)
+        try:
+            saved = self.manager.save(step, args=args, force=force)
+        except Exception as e:
+            raise self._failed(step, e) from e
+        if saved:
+            self._started = step
+        return saved
 
     def restore(self, step: int, abstract_state):
         """``abstract_state``: ShapeDtypeStructs with shardings (resharding to the current mesh is allowed)."""
@@ -132,8 +151,21 @@ class Checkpointer:
         return out["state"], _decode_data_state(out["data"])
 
     def wait(self):
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._failed(self._started, e) from e
 
     def close(self):
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Finish the pending async save (its failure raises ``CheckpointSaveError``), then release the manager."""
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
+
+    def abandon(self):
+        """Release without raising: for a run already stopping on another error, which must not be masked."""
+        try:
+            self.close()
+        except Exception as e:  # the propagating error is the one the user must see; this one is logged
+            logging.getLogger(__name__).error("%s", e)

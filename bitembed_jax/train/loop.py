@@ -22,10 +22,6 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-class CheckpointSaveError(RuntimeError):
-    pass
-
-
 def check_folder(key: str, path: str):
     if paths.is_remote(path):
         if not paths.exists(path):
@@ -256,18 +252,17 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
                                padded_tokens_per_s=n * cfg.train.batch_size * tokens_per_pair / dt)
                 writer.write(step, metrics)
                 t0, real_tokens = time.perf_counter(), 0
-            try:
-                ckpt.save(step, state, data_iter.get_state(), force=preempt.requested)
-            except Exception as e:  # an async save fails at the next save: say what survives
-                raise CheckpointSaveError(f"saving a checkpoint in {ckpt.directory} failed at step {step}: {e}\n"
-                                          f"The last complete checkpoint (step {ckpt.latest_step()}) is intact; "
-                                          f"fix the cause and rerun the same command to resume from it.") from e
+            ckpt.save(step, state, data_iter.get_state(), force=preempt.requested)
             if preempt.requested:
                 writer.message(f"SIGTERM: saved step {step}, stopping")
                 break
+    except BaseException:
+        ckpt.abandon()
+        raise
+    else:
+        ckpt.close()  # the final async save's failure surfaces here, as a CheckpointSaveError
     finally:
         preempt.restore()
-        ckpt.close()
         writer.close()
     if last_good < cfg.train.num_steps:
         return None
