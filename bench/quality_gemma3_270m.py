@@ -148,7 +148,11 @@ def run_train(config_file, overrides, workdir, stage_log):
     cfg = apply_overrides(load_config_file(os.path.join(CONFIGS, config_file)),
                           ["--config.checkpoint.async_save=False", *overrides])
     with open(stage_log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        return train(cfg, workdir, devices=jax.devices()[:1])
+        out = train(cfg, workdir, devices=jax.devices()[:1])
+    if out is None:  # SIGTERM: train saved a checkpoint and stopped early
+        log(f"stopped before the end of {workdir}; rerun the same command to resume from its last checkpoint")
+        sys.exit(143)
+    return out
 
 
 def evaluate(model_dir, held, args, cache):
