@@ -126,7 +126,7 @@ class Checkpointer:
     def num_saved(self) -> int:
         return len(self.manager.all_steps())
 
-    def _failed(self, step: int, e: Exception) -> CheckpointSaveError:
+    def _failed(self, step: int | None, e: Exception) -> CheckpointSaveError:
         last = self.latest_step()
         survives = (f"The last complete checkpoint (step {last}) is intact; fix the cause and rerun the same "
                     f"command to resume from it." if last is not None else
