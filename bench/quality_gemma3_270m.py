@@ -24,8 +24,11 @@ starts the student from the trained fp teacher converted to BitNet instead of th
 ``--pretrain-steps 0`` drops the separate contrastive pre-training stage (the fine-tunes start from the
 converted model); ``--embed-weight`` / ``--hidden-weight`` add pooled-vector and per-layer hidden-state
 alignment with the teacher to the distilled fine-tune; ``--quant-warmup N`` blends the conversion in over
-the first N fine-tune steps (gradual quantization, from the fp model). The ablation always differs from the
-student only in having no distillation term.
+the first N fine-tune steps (gradual quantization, from the fp model). ``--student-init DIR`` continues from an
+earlier BitNet student and ``--teacher DIR`` reuses a trained teacher; ``--distill-text stsb,sickr`` adds
+unlabeled general-domain sentences (train splits, test sentences removed) to the fine-tune data, which the
+teacher's terms can use and the contrastive loss barely can. The ablation always differs from the student
+only in having no distillation term.
 
 Prints markdown tables (scores, student/teacher ratios, bytes per vector, wall time per stage); the same
 goes to WORKDIR/report.md. Training data order, split and initialisation are fixed by ``--seed``.
@@ -61,8 +64,14 @@ def parse_args(argv=None):
     p.add_argument("--pretrain-lr", type=float, default=None, help="default: configs/gemma3_270m_cpu.py")
     p.add_argument("--finetune-steps", type=int, default=150)
     p.add_argument("--finetune-lr", type=float, default=None, help="default: configs/gemma3_270m_cpu_finetune.py")
-    p.add_argument("--student-init", choices=("llm", "teacher"), default="llm",
-                   help="the BitNet conversion of the raw LLM (the paper) or of the trained fp teacher")
+    p.add_argument("--student-init", default="llm",
+                   help="llm: the BitNet conversion of the raw LLM (the paper); teacher: of the trained fp teacher; "
+                        "or a bitembed-jax BitNet model folder (an earlier student) to continue from")
+    p.add_argument("--teacher", default=None,
+                   help="a trained fp teacher folder to reuse (default: train one in WORKDIR/teacher)")
+    p.add_argument("--distill-text", default="",
+                   help="comma-separated STS sets (stsb, sickr) whose *train*-split sentences, minus every sentence "
+                        "of any test split, join the fine-tune data as unlabeled (sentence, sentence) items")
     p.add_argument("--embed-weight", type=float, default=0.0, help="distilled fine-tune: pooled-vector alignment")
     p.add_argument("--hidden-weight", type=float, default=0.0, help="distilled fine-tune: per-layer hidden states")
     p.add_argument("--quant-warmup", type=int, default=0,
@@ -115,6 +124,41 @@ def split(args, wd):
     with open(path, "w") as f:
         json.dump(held, f)
     return os.path.join(wd, "train.jsonl"), held
+
+
+def read_sentences(path):
+    with open(path, encoding="utf-8") as f:
+        rows = f.read().splitlines()[1:]
+    return {t.strip() for line in rows for t in line.split("\t")[1:3]}
+
+
+def distill_file(args, wd, train_file):
+    """train.jsonl plus unlabeled general-domain sentences, shuffled; written once, reused on resume.
+
+    The teacher labels any text, so distillation can transfer what it knows beyond the training pairs' domain.
+    The STS labels and pairing are not used, and no sentence of a test split is (SICK reuses most of its
+    test sentences in its train split)."""
+    import numpy as np
+
+    names = [n for n in args.distill_text.split(",") if n]
+    unknown = sorted(set(names) - {"stsb", "sickr"})
+    if unknown:
+        raise SystemExit(f"--distill-text: unknown set(s) {unknown}; known: stsb, sickr")
+    path = os.path.join(wd, "train_distill.jsonl")
+    if os.path.exists(path):
+        return path
+    test = set().union(*(read_sentences(os.path.join(SHARED, n, "sts.tsv")) for n in ("stsb", "sickr")))
+    extra = sorted(set().union(*(read_sentences(os.path.join(SHARED, n, "sts-train.tsv")) for n in names)) - test)
+    with open(train_file, encoding="utf-8") as f:
+        rows = [line.rstrip("\n") for line in f if line.strip()]
+    rows += [json.dumps({"query": t, "positive": t}) for t in extra if t]
+    rng = np.random.default_rng(args.seed)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(rows[i] + "\n" for i in rng.permutation(len(rows)))
+    os.replace(tmp, path)
+    log(f"{path}: {len(rows)} items, {len(extra)} of them unlabeled sentences from {names}")
+    return path
 
 
 def converted(args, wd, bitnet: bool):
@@ -188,6 +232,20 @@ def _extra_terms(args):
     return (" + " + " + ".join(terms) + " alignment") if terms else ""
 
 
+def _init_label(args):
+    return {"llm": "raw LLM -> BitNet", "teacher": "the trained fp teacher -> BitNet"}.get(
+        args.student_init, f"the BitNet model in {args.student_init}")
+
+
+def _teacher_label(args):
+    return f"reused from {args.teacher}" if args.teacher else f"{args.teacher_steps} (lr {args.teacher_lr:g})"
+
+
+def _text_label(args):
+    return (f"; fine-tune data also holds unlabeled train-split sentences of {args.distill_text} (test sentences "
+            "removed)") if args.distill_text else ""
+
+
 def report(results, times, args, n_train, held) -> str:
     import jax
 
@@ -198,10 +256,10 @@ def report(results, times, args, n_train, held) -> str:
     bpv = {r["precision"]: r["bytes_per_vector"] for r in results["teacher"]["rows"] if r["dataset"] == "stsb"}
     lines = [f"Gemma3-270M (GGUF Q4_K_M dequantized), {n_train} train pairs (medquad + boolq), "
              f"{len(held['queries'])} held-out queries vs {len(held['corpus'])} passages; batch {args.batch_size}; "
-             f"steps: teacher {args.teacher_steps} (lr {args.teacher_lr:g}), student pre-train {args.pretrain_steps}"
+             f"steps: teacher {_teacher_label(args)}, student pre-train {args.pretrain_steps}"
              f"{_lr(args.pretrain_lr)}, fine-tune {args.finetune_steps}{_lr(args.finetune_lr)}; student init: "
-             f"{'raw LLM' if args.student_init == 'llm' else 'the trained fp teacher'} -> BitNet; distillation: "
-             f"similarity + attention relation{_extra_terms(args)}{warm}; "
+             f"{_init_label(args)}; distillation: "
+             f"similarity + attention relation{_extra_terms(args)}{warm}{_text_label(args)}; "
              f"hardware: {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.devices()[0].platform}.", ""]
     for ds, title in datasets:
@@ -242,17 +300,24 @@ def main(argv=None):
         log(f"{name}: {times[name] / 60:.1f} min")
         return out
 
+    for flag, folder in (("--teacher", args.teacher), ("--student-init", args.student_init)):
+        if folder not in (None, "llm", "teacher") and not os.path.exists(os.path.join(folder, "bitembed_config.json")):
+            raise SystemExit(f"{flag} {folder}: not a bitembed-jax model folder (no bitembed_config.json)")
     train_file, held = split(args, wd)
     with open(train_file) as f:
         n_train = sum(1 for _ in f)
-    common = [f"--config.data.train_files=['{train_file}']", f"--config.train.batch_size={args.batch_size}",
-              f"--config.data.seed={args.seed}", f"--config.train.seed={args.seed}"]
-    init_fp = timed("convert fp", lambda: converted(args, wd, bitnet=False))
-    init_bitnet = timed("convert bitnet", lambda: converted(args, wd, bitnet=True))
-    teacher = timed("teacher", lambda: run_train("gemma3_270m_cpu.py", [
-        f"--config.init.model={init_fp}", "--config.init.mode=fp", f"--config.train.num_steps={args.teacher_steps}",
+    ft_file = distill_file(args, wd, train_file) if args.distill_text else train_file
+    seeds = [f"--config.train.batch_size={args.batch_size}", f"--config.data.seed={args.seed}",
+             f"--config.train.seed={args.seed}"]
+    common = [f"--config.data.train_files=['{train_file}']", *seeds]
+    teacher = args.teacher or timed("teacher", lambda: run_train("gemma3_270m_cpu.py", [
+        f"--config.init.model={timed('convert fp', lambda: converted(args, wd, bitnet=False))}",
+        "--config.init.mode=fp", f"--config.train.num_steps={args.teacher_steps}",
         f"--config.train.learning_rate={args.teacher_lr}", *common], os.path.join(wd, "teacher"), stage_log))
-    start = init_bitnet if args.student_init == "llm" else teacher  # an fp folder: train converts it to bitnet
+    if args.student_init == "llm":
+        start = timed("convert bitnet", lambda: converted(args, wd, bitnet=True))
+    else:  # the fp teacher (train converts it to bitnet) or an earlier BitNet student
+        start = teacher if args.student_init == "teacher" else os.path.abspath(args.student_init)
     lr = lambda v: [f"--config.train.learning_rate={v}"] if v is not None else []  # noqa: E731
     pre = start
     if args.pretrain_steps > 0:
@@ -260,7 +325,7 @@ def main(argv=None):
             f"--config.init.model={start}", f"--config.train.num_steps={args.pretrain_steps}", *lr(args.pretrain_lr),
             *common], os.path.join(wd, "student_pretrain"), stage_log))
     ft = [f"--config.init.model={pre}", f"--config.train.num_steps={args.finetune_steps}", *lr(args.finetune_lr),
-          f"--config.train.quant_warmup_steps={args.quant_warmup}", *common]
+          f"--config.train.quant_warmup_steps={args.quant_warmup}", f"--config.data.train_files=['{ft_file}']", *seeds]
     dirs = {"teacher": teacher, "student_pretrain": pre if args.pretrain_steps > 0 else None}
     results = {}
 
