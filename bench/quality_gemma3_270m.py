@@ -310,7 +310,7 @@ def main(argv=None):
     seeds = [f"--config.train.batch_size={args.batch_size}", f"--config.data.seed={args.seed}",
              f"--config.train.seed={args.seed}"]
     common = [f"--config.data.train_files=['{train_file}']", *seeds]
-    teacher = args.teacher or timed("teacher", lambda: run_train("gemma3_270m_cpu.py", [
+    teacher = os.path.abspath(args.teacher) if args.teacher else timed("teacher", lambda: run_train("gemma3_270m_cpu.py", [
         f"--config.init.model={timed('convert fp', lambda: converted(args, wd, bitnet=False))}",
         "--config.init.mode=fp", f"--config.train.num_steps={args.teacher_steps}",
         f"--config.train.learning_rate={args.teacher_lr}", *common], os.path.join(wd, "teacher"), stage_log))
