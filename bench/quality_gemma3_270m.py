@@ -28,7 +28,11 @@ the first N fine-tune steps (gradual quantization, from the fp model). ``--stude
 earlier BitNet student and ``--teacher DIR`` reuses a trained teacher; ``--distill-text stsb,sickr`` adds
 unlabeled general-domain sentences (train splits, test sentences removed) to the fine-tune data, which the
 teacher's terms can use and the contrastive loss barely can. The ablation always differs from the student
-only in having no distillation term.
+only in having no distillation term; ``--no-ablation`` skips it (for a continuation whose matched ablation
+was run before).
+
+A workdir keeps the options it was started with (WORKDIR/args.json): a rerun with different ones stops with
+the differing options named, since finished stages would otherwise be reused under the new options.
 
 Prints markdown tables (scores, student/teacher ratios, bytes per vector, wall time per stage); the same
 goes to WORKDIR/report.md. Training data order, split and initialisation are fixed by ``--seed``.
@@ -78,7 +82,39 @@ def parse_args(argv=None):
                    help="fine-tunes: blend the BitNet conversion in over this many steps (train.quant_warmup_steps)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--eval-max-length", type=int, default=128)
-    return p.parse_args(argv)
+    p.add_argument("--no-ablation", action="store_true", help="skip the fine-tune without distillation")
+    args = p.parse_args(argv)
+    for flag, folder in (("--teacher", args.teacher), ("--student-init", args.student_init)):
+        if folder not in (None, "llm", "teacher") and not os.path.exists(os.path.join(folder, "bitembed_config.json")):
+            p.error(f"{flag} {folder}: not a bitembed-jax model folder (no bitembed_config.json)")
+    unknown = sorted({n for n in args.distill_text.split(",") if n} - {"stsb", "sickr"})
+    if unknown:
+        p.error(f"--distill-text: unknown set(s) {unknown}; known: stsb, sickr")
+    # absolute, so that the same run resumed from another directory has the same options
+    if args.teacher:
+        args.teacher = os.path.abspath(args.teacher)
+    if args.student_init not in ("llm", "teacher"):
+        args.student_init = os.path.abspath(args.student_init)
+    return args
+
+
+def check_workdir_args(args, wd):
+    """The options this workdir was started with, recorded on the first run; a rerun must ask for the same."""
+    path = os.path.join(wd, "args.json")
+    now = {k: v for k, v in vars(args).items() if k not in ("workdir", "no_ablation")}
+    if not os.path.exists(path):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(now, f, indent=1)
+        os.replace(tmp, path)
+        return
+    with open(path) as f:
+        before = json.load(f)
+    diff = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+    if diff:
+        raise SystemExit(f"{path}: this workdir was started with other options (" + "; ".join(
+            f"--{k.replace('_', '-')}: {before.get(k)!r} then, {now.get(k)!r} now" for k in diff)
+            + "); rerun with the same options or use another --workdir")
 
 
 def log(msg):
@@ -127,9 +163,10 @@ def split(args, wd):
 
 
 def read_sentences(path):
-    with open(path, encoding="utf-8") as f:
-        rows = f.read().splitlines()[1:]
-    return {t.strip() for line in rows for t in line.split("\t")[1:3]}
+    from bitembed_jax.eval.local import read_sts
+
+    data = read_sts(path)
+    return {t.strip() for t in data.s1 + data.s2}
 
 
 def distill_file(args, wd, train_file):
@@ -141,9 +178,6 @@ def distill_file(args, wd, train_file):
     import numpy as np
 
     names = [n for n in args.distill_text.split(",") if n]
-    unknown = sorted(set(names) - {"stsb", "sickr"})
-    if unknown:
-        raise SystemExit(f"--distill-text: unknown set(s) {unknown}; known: stsb, sickr")
     path = os.path.join(wd, "train_distill.jsonl")
     if os.path.exists(path):
         return path
@@ -284,6 +318,7 @@ def main(argv=None):
     sys.path.insert(0, ROOT)
     wd = os.path.abspath(args.workdir)
     os.makedirs(wd, exist_ok=True)
+    check_workdir_args(args, wd)
     stage_log = os.path.join(wd, "train.log")
     times_path = os.path.join(wd, "times.json")
     times = json.load(open(times_path)) if os.path.exists(times_path) else {}
@@ -300,9 +335,6 @@ def main(argv=None):
         log(f"{name}: {times[name] / 60:.1f} min")
         return out
 
-    for flag, folder in (("--teacher", args.teacher), ("--student-init", args.student_init)):
-        if folder not in (None, "llm", "teacher") and not os.path.exists(os.path.join(folder, "bitembed_config.json")):
-            raise SystemExit(f"{flag} {folder}: not a bitembed-jax model folder (no bitembed_config.json)")
     train_file, held = split(args, wd)
     with open(train_file) as f:
         n_train = sum(1 for _ in f)
@@ -310,14 +342,14 @@ def main(argv=None):
     seeds = [f"--config.train.batch_size={args.batch_size}", f"--config.data.seed={args.seed}",
              f"--config.train.seed={args.seed}"]
     common = [f"--config.data.train_files=['{train_file}']", *seeds]
-    teacher = os.path.abspath(args.teacher) if args.teacher else timed("teacher", lambda: run_train("gemma3_270m_cpu.py", [
+    teacher = args.teacher or timed("teacher", lambda: run_train("gemma3_270m_cpu.py", [
         f"--config.init.model={timed('convert fp', lambda: converted(args, wd, bitnet=False))}",
         "--config.init.mode=fp", f"--config.train.num_steps={args.teacher_steps}",
         f"--config.train.learning_rate={args.teacher_lr}", *common], os.path.join(wd, "teacher"), stage_log))
     if args.student_init == "llm":
         start = timed("convert bitnet", lambda: converted(args, wd, bitnet=True))
     else:  # the fp teacher (train converts it to bitnet) or an earlier BitNet student
-        start = teacher if args.student_init == "teacher" else os.path.abspath(args.student_init)
+        start = teacher if args.student_init == "teacher" else args.student_init
     lr = lambda v: [f"--config.train.learning_rate={v}"] if v is not None else []  # noqa: E731
     pre = start
     if args.pretrain_steps > 0:
@@ -341,10 +373,11 @@ def main(argv=None):
                                         f"--config.distill.hidden_weight={args.hidden_weight}"],
         os.path.join(wd, "student"), stage_log))
     evaluated("student")
-    dirs["ablation"] = timed("ablation fine-tune (no distillation)", lambda: run_train(
-        "gemma3_270m_cpu_finetune.py", [*ft, "--config.distill.sim_weight=0", "--config.distill.attn_weight=0"],
-        os.path.join(wd, "ablation"), stage_log))
-    evaluated("ablation")
+    if not args.no_ablation:
+        dirs["ablation"] = timed("ablation fine-tune (no distillation)", lambda: run_train(
+            "gemma3_270m_cpu_finetune.py", [*ft, "--config.distill.sim_weight=0", "--config.distill.attn_weight=0"],
+            os.path.join(wd, "ablation"), stage_log))
+        evaluated("ablation")
     text = report(results, times, args, n_train, held)
     with open(os.path.join(wd, "report.md"), "w") as f:
         f.write(text + "\n")

@@ -17,9 +17,9 @@ def bench(tmp_path, monkeypatch):
     spec.loader.exec_module(mod)
     shared = tmp_path / "shared"
     sets = {"stsb": {"sts-train.tsv": [("3.0", "A cat sleeps.", "A cat is asleep."), ("1.0", "Shared one.", "Rain.")],
-                     "sts.tsv": [("2.0", "Shared one.", "A test only sentence.")]},
+                     "sts.tsv": [("2.0", "Shared one.", "A test only sentence."), ("0.5", "Test pair two.", "Rain?")]},
             "sickr": {"sts-train.tsv": [("4.0", "A man plays.", "Shared two."), ("4.5", " A man plays. ", "Dogs run.")],
-                      "sts.tsv": [("3.5", "Shared two.", "Another test sentence.")]}}
+                      "sts.tsv": [("3.5", "Shared two.", "Another test sentence."), ("1.5", "Snow.", "Sun.")]}}
     for name, files in sets.items():
         (shared / name).mkdir(parents=True)
         for fname, rows in files.items():
@@ -51,6 +51,23 @@ def test_distill_text_one_set_and_bad_name(bench, tmp_path):
     args = bench.parse_args(["--workdir", str(tmp_path), "--distill-text", "sickr"])
     rows = _rows(bench.distill_file(args, str(tmp_path), str(train)))
     assert sorted(r["query"] for r in rows) == ["A man plays.", "Dogs run.", "q"]
-    bad = bench.parse_args(["--workdir", str(tmp_path / "other"), "--distill-text", "stsb,msmarco"])
-    with pytest.raises(SystemExit, match="msmarco"):
-        bench.distill_file(bad, str(tmp_path / "other"), str(train))
+
+
+@pytest.mark.parametrize("flags, named", [(["--distill-text", "stsb,msmarco"], "msmarco"),
+                                          (["--teacher", "no/such/teacher"], "--teacher no/such/teacher"),
+                                          (["--student-init", "no/such/model"], "--student-init no/such/model")])
+def test_bad_options_stop_before_the_workdir_is_made(bench, tmp_path, capsys, flags, named):
+    wd = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        bench.main(["--workdir", str(wd), *flags])
+    assert named in capsys.readouterr().err
+    assert not wd.exists()
+
+
+def test_a_workdir_refuses_other_options(bench, tmp_path):
+    wd = str(tmp_path)
+    bench.check_workdir_args(bench.parse_args(["--workdir", wd, "--finetune-steps", "300"]), wd)
+    bench.check_workdir_args(bench.parse_args(["--workdir", wd, "--finetune-steps", "300", "--no-ablation"]), wd)
+    changed = bench.parse_args(["--workdir", wd, "--finetune-steps", "300", "--distill-text", "stsb"])
+    with pytest.raises(SystemExit, match=r"--distill-text: '' then, 'stsb' now"):
+        bench.check_workdir_args(changed, wd)
