@@ -87,10 +87,14 @@ def parse_args(argv=None):
     for flag, folder in (("--teacher", args.teacher), ("--student-init", args.student_init)):
         if folder not in (None, "llm", "teacher") and not os.path.exists(os.path.join(folder, "bitembed_config.json")):
             p.error(f"{flag} {folder}: not a bitembed-jax model folder (no bitembed_config.json)")
+    if args.gguf is not None and not os.path.isfile(args.gguf):
+        p.error(f"--gguf {args.gguf}: no such file")
     unknown = sorted({n for n in args.distill_text.split(",") if n} - {"stsb", "sickr"})
     if unknown:
         p.error(f"--distill-text: unknown set(s) {unknown}; known: stsb, sickr")
     # absolute, so that the same run resumed from another directory has the same options
+    if args.gguf is not None:
+        args.gguf = os.path.abspath(args.gguf)
     if args.teacher:
         args.teacher = os.path.abspath(args.teacher)
     if args.student_init not in ("llm", "teacher"):

@@ -55,7 +55,8 @@ def test_distill_text_one_set_and_bad_name(bench, tmp_path):
 
 @pytest.mark.parametrize("flags, named", [(["--distill-text", "stsb,msmarco"], "msmarco"),
                                           (["--teacher", "no/such/teacher"], "--teacher no/such/teacher"),
-                                          (["--student-init", "no/such/model"], "--student-init no/such/model")])
+                                          (["--student-init", "no/such/model"], "--student-init no/such/model"),
+                                          (["--gguf", "no/such.gguf"], "--gguf no/such.gguf")])
 def test_bad_options_stop_before_the_workdir_is_made(bench, tmp_path, capsys, flags, named):
     wd = tmp_path / "run"
     with pytest.raises(SystemExit):
