@@ -107,10 +107,9 @@ def check_workdir_args(args, wd):
     path = os.path.join(wd, "args.json")
     now = {k: v for k, v in vars(args).items() if k not in ("workdir", "no_ablation")}
     if not os.path.exists(path):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(now, f, indent=1)
-        os.replace(tmp, path)
+        from bitembed_jax.io.paths import write_text_atomic
+
+        write_text_atomic(path, json.dumps(now, indent=1))
         return
     with open(path) as f:
         before = json.load(f)
