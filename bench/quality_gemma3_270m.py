@@ -29,7 +29,9 @@ earlier BitNet student and ``--teacher DIR`` reuses a trained teacher; ``--disti
 unlabeled general-domain sentences (train splits, test sentences removed) to the fine-tune data, which the
 teacher's terms can use and the contrastive loss barely can. The ablation always differs from the student
 only in having no distillation term; ``--no-ablation`` skips it (for a continuation whose matched ablation
-was run before).
+was run before). To carry the ablation line through the same continuations as the student, ``--ablation-init
+DIR`` starts the ablation from an earlier ablation model, and ``--no-student`` skips the distilled fine-tune
+(whose stage ran before in the student's own workdir).
 
 A workdir keeps the options it was started with (WORKDIR/args.json): a rerun with different ones stops with
 the differing options named, since finished stages would otherwise be reused under the new options.
@@ -54,7 +56,7 @@ LABELS = {"teacher": "teacher (fp, contrastive)", "student_pretrain": "student a
           "student": "student + distillation fine-tune", "ablation": "ablation: fine-tune without distillation"}
 
 
-def parse_args(argv=None):
+def _parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", required=True)
     p.add_argument("--gguf", default=None, help="a Gemma3-270M GGUF file (default: assembled from the package)")
@@ -83,10 +85,22 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--eval-max-length", type=int, default=128)
     p.add_argument("--no-ablation", action="store_true", help="skip the fine-tune without distillation")
+    p.add_argument("--ablation-init", default=None,
+                   help="a BitNet model folder the ablation continues from (default: the student's start)")
+    p.add_argument("--no-student", action="store_true", help="skip the distilled fine-tune")
+    return p
+
+
+def parse_args(argv=None):
+    p = _parser()
     args = p.parse_args(argv)
-    for flag, folder in (("--teacher", args.teacher), ("--student-init", args.student_init)):
+    for flag, folder in (("--teacher", args.teacher), ("--student-init", args.student_init),
+                         ("--ablation-init", args.ablation_init)):
         if folder not in (None, "llm", "teacher") and not os.path.exists(os.path.join(folder, "bitembed_config.json")):
             p.error(f"{flag} {folder}: not a bitembed-jax model folder (no bitembed_config.json)")
+    if args.ablation_init and (args.no_ablation or args.pretrain_steps > 0):
+        p.error("--ablation-init continues an earlier ablation: it needs the ablation (no --no-ablation) "
+                "and --pretrain-steps 0, so that the student's start is not pre-trained for one line only")
     if args.gguf is not None and not os.path.isfile(args.gguf):
         p.error(f"--gguf {args.gguf}: no such file")
     unknown = sorted({n for n in args.distill_text.split(",") if n} - {"stsb", "sickr"})
@@ -99,24 +113,29 @@ def parse_args(argv=None):
         args.teacher = os.path.abspath(args.teacher)
     if args.student_init not in ("llm", "teacher"):
         args.student_init = os.path.abspath(args.student_init)
+    if args.ablation_init:
+        args.ablation_init = os.path.abspath(args.ablation_init)
     return args
 
 
 def check_workdir_args(args, wd):
     """The options this workdir was started with, recorded on the first run; a rerun must ask for the same."""
     path = os.path.join(wd, "args.json")
-    now = {k: v for k, v in vars(args).items() if k not in ("workdir", "no_ablation")}
-    if not os.path.exists(path):
-        from bitembed_jax.io.paths import write_text_atomic
+    from bitembed_jax.config_loader import recorded_diff
+    from bitembed_jax.io.paths import write_text_atomic
 
+    now = {k: v for k, v in vars(args).items() if k not in ("workdir", "no_ablation", "no_student")}
+    if not os.path.exists(path):
         write_text_atomic(path, json.dumps(now, indent=1))
         return
     with open(path) as f:
         before = json.load(f)
-    diff = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+    # an option added since the workdir was started counts as having had its default then
+    parser = _parser()
+    diff = recorded_diff(before, now, added={k: parser.get_default(k) for k in now})
     if diff:
         raise SystemExit(f"{path}: this workdir was started with other options (" + "; ".join(
-            f"--{k.replace('_', '-')}: {before.get(k)!r} then, {now.get(k)!r} now" for k in diff)
+            f"--{k.replace('_', '-')}: {a!r} then, {b!r} now" for k, a, b in diff)
             + "); rerun with the same options or use another --workdir")
 
 
@@ -274,6 +293,10 @@ def _init_label(args):
         args.student_init, f"the BitNet model in {args.student_init}")
 
 
+def _ablation_label(args):
+    return f"; ablation init: the BitNet model in {args.ablation_init}" if args.ablation_init else ""
+
+
 def _teacher_label(args):
     return f"reused from {args.teacher}" if args.teacher else f"{args.teacher_steps} (lr {args.teacher_lr:g})"
 
@@ -295,7 +318,7 @@ def report(results, times, args, n_train, held) -> str:
              f"{len(held['queries'])} held-out queries vs {len(held['corpus'])} passages; batch {args.batch_size}; "
              f"steps: teacher {_teacher_label(args)}, student pre-train {args.pretrain_steps}"
              f"{_lr(args.pretrain_lr)}, fine-tune {args.finetune_steps}{_lr(args.finetune_lr)}; student init: "
-             f"{_init_label(args)}; distillation: "
+             f"{_init_label(args)}{_ablation_label(args)}; distillation: "
              f"similarity + attention relation{_extra_terms(args)}{warm}{_text_label(args)}; "
              f"hardware: {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.devices()[0].platform}.", ""]
@@ -359,7 +382,7 @@ def main(argv=None):
         pre = timed("student pre-train", lambda: run_train("gemma3_270m_cpu.py", [
             f"--config.init.model={start}", f"--config.train.num_steps={args.pretrain_steps}", *lr(args.pretrain_lr),
             *common], os.path.join(wd, "student_pretrain"), stage_log))
-    ft = [f"--config.init.model={pre}", f"--config.train.num_steps={args.finetune_steps}", *lr(args.finetune_lr),
+    ft = [f"--config.train.num_steps={args.finetune_steps}", *lr(args.finetune_lr),
           f"--config.train.quant_warmup_steps={args.quant_warmup}", f"--config.data.train_files=['{ft_file}']", *seeds]
     dirs = {"teacher": teacher, "student_pretrain": pre if args.pretrain_steps > 0 else None}
     results = {}
@@ -370,15 +393,17 @@ def main(argv=None):
     for m in ("teacher", "student_pretrain"):
         if dirs[m]:
             evaluated(m)
-    dirs["student"] = timed("student fine-tune (distillation)", lambda: run_train(
-        "gemma3_270m_cpu_finetune.py", [*ft, f"--config.teacher.model={teacher}",
-                                        f"--config.distill.embed_weight={args.embed_weight}",
-                                        f"--config.distill.hidden_weight={args.hidden_weight}"],
-        os.path.join(wd, "student"), stage_log))
-    evaluated("student")
+    if not args.no_student:
+        dirs["student"] = timed("student fine-tune (distillation)", lambda: run_train(
+            "gemma3_270m_cpu_finetune.py", [*ft, f"--config.init.model={pre}", f"--config.teacher.model={teacher}",
+                                            f"--config.distill.embed_weight={args.embed_weight}",
+                                            f"--config.distill.hidden_weight={args.hidden_weight}"],
+            os.path.join(wd, "student"), stage_log))
+        evaluated("student")
     if not args.no_ablation:
         dirs["ablation"] = timed("ablation fine-tune (no distillation)", lambda: run_train(
-            "gemma3_270m_cpu_finetune.py", [*ft, "--config.distill.sim_weight=0", "--config.distill.attn_weight=0"],
+            "gemma3_270m_cpu_finetune.py", [*ft, f"--config.init.model={args.ablation_init or pre}",
+                                            "--config.distill.sim_weight=0", "--config.distill.attn_weight=0"],
             os.path.join(wd, "ablation"), stage_log))
         evaluated("ablation")
     text = report(results, times, args, n_train, held)

@@ -63,3 +63,18 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_
             raise ValueError(f"config.{key}: cannot set {value!r} ({type(new).__name__}) on a "
                              f"{type(current).__name__} field") from e
     return cfg
+
+
+ABSENT = "<absent>"
+
+
+def recorded_diff(saved: dict, now: dict, *, added: dict | None = None,
+                  resumable: tuple[str, ...] = ()) -> list[tuple[str, object, object]]:
+    """(key, saved value, value now) for each flat key whose value differs between a recorded run and this one.
+
+    ``added``: keys introduced after runs were recorded, with the value that behaves as before they existed
+    (a record without the key matches that value). Keys starting with a ``resumable`` prefix may differ.
+    """
+    saved = {**{k: v for k, v in (added or {}).items() if k in now}, **saved}
+    return [(k, saved.get(k, ABSENT), now.get(k, ABSENT)) for k in sorted(set(saved) | set(now))
+            if saved.get(k, ABSENT) != now.get(k, ABSENT) and not k.startswith(resumable)]

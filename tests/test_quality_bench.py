@@ -72,3 +72,68 @@ def test_a_workdir_refuses_other_options(bench, tmp_path):
     changed = bench.parse_args(["--workdir", wd, "--finetune-steps", "300", "--distill-text", "stsb"])
     with pytest.raises(SystemExit, match=r"--distill-text: '' then, 'stsb' now"):
         bench.check_workdir_args(changed, wd)
+
+
+def test_a_workdir_from_before_an_added_option_resumes_at_its_default(bench, tmp_path):
+    """args.json written before --ablation-init existed: the default (None) matches it, a folder does not."""
+    wd = str(tmp_path)
+    bench.check_workdir_args(bench.parse_args(["--workdir", wd, "--pretrain-steps", "0"]), wd)
+    path = tmp_path / "args.json"
+    recorded = json.loads(path.read_text())
+    del recorded["ablation_init"]
+    path.write_text(json.dumps(recorded))
+    bench.check_workdir_args(bench.parse_args(["--workdir", wd, "--pretrain-steps", "0", "--no-student"]), wd)
+    model = tmp_path / "ablation_model"
+    model.mkdir()
+    (model / "bitembed_config.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"--ablation-init: None then, '.*ablation_model' now"):
+        bench.check_workdir_args(bench.parse_args(["--workdir", wd, "--pretrain-steps", "0",
+                                                   "--ablation-init", str(model)]), wd)
+
+
+@pytest.mark.parametrize("flags", [["--ablation-init", "no/such/model", "--pretrain-steps", "0"],
+                                   ["--ablation-init", "MODEL"],
+                                   ["--ablation-init", "MODEL", "--pretrain-steps", "0", "--no-ablation"]])
+def test_bad_ablation_init_stops_before_the_workdir_is_made(bench, tmp_path, capsys, flags):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "bitembed_config.json").write_text("{}")
+    wd = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        bench.main(["--workdir", str(wd), *[str(model) if f == "MODEL" else f for f in flags]])
+    assert "--ablation-init" in capsys.readouterr().err
+    assert not wd.exists()
+
+
+def test_ablation_line_continues_from_its_own_start(bench, tmp_path, monkeypatch):
+    """--ablation-init with --no-student: only the ablation trains, from the earlier ablation, on the same data,
+    steps, learning rate and seed as the student's stage, and with no teacher term."""
+    folders = {}
+    for name in ("teacher", "student", "ablation"):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        (folders[name] / "bitembed_config.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr(bench, "split", lambda args, wd: (str(tmp_path / "train.jsonl"), {}))
+    (tmp_path / "train.jsonl").write_text("{}\n")
+    monkeypatch.setattr(bench, "run_train", lambda cfg, overrides, wd, log: calls.append((cfg, overrides, wd)) or wd)
+    monkeypatch.setattr(bench, "evaluate", lambda *a: {"rows": []})
+    monkeypatch.setattr(bench, "report", lambda results, *a: " ".join(sorted(results)))
+    wd = tmp_path / "run"
+    flags = ["--teacher", str(folders["teacher"]), "--student-init", str(folders["student"]), "--pretrain-steps", "0",
+             "--finetune-steps", "30", "--finetune-lr", "5e-5", "--seed", "2"]
+    bench.main(["--workdir", str(wd), *flags, "--ablation-init", str(folders["ablation"]), "--no-student"])
+    assert [(c[0], os.path.basename(c[2])) for c in calls] == [("gemma3_270m_cpu_finetune.py", "ablation")]
+    overrides = calls[0][1]
+    assert f"--config.init.model={folders['ablation']}" in overrides
+    assert not any(o.startswith("--config.init.model=") and str(folders["student"]) in o for o in overrides)
+    assert {"--config.distill.sim_weight=0", "--config.distill.attn_weight=0", "--config.train.num_steps=30",
+            "--config.train.learning_rate=5e-05", "--config.data.seed=2"} <= set(overrides)
+    assert not any(o.startswith("--config.teacher.") for o in overrides)
+
+    calls.clear()
+    bench.main(["--workdir", str(tmp_path / "run2"), *flags, "--no-ablation"])
+    assert [os.path.basename(c[2]) for c in calls] == ["student"]
+    assert f"--config.init.model={folders['student']}" in calls[0][1]
+    shared = [o for o in calls[0][1] if not o.startswith(("--config.init.", "--config.teacher.", "--config.distill."))]
+    assert shared == [o for o in overrides if not o.startswith(("--config.init.", "--config.distill."))]

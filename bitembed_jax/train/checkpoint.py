@@ -16,6 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from bitembed_jax.config_loader import recorded_diff
 from bitembed_jax.io import paths
 
 CONFIG_FILE = "config.json"
@@ -47,12 +48,9 @@ def check_or_write_config(workdir: str, cfg, *, is_writer: bool = True):
     current = config_dict(cfg)
     if paths.exists(path):
         saved = json.loads(epath.Path(path).read_text())
-        a, b = _flatten(saved), _flatten(current)
-        a.update({k: v for k, v in ADDED_KEYS.items() if k not in a and k in b})
-        diff = sorted(k for k in set(a) | set(b)
-                      if a.get(k, "<absent>") != b.get(k, "<absent>") and not k.startswith(RESUMABLE_PREFIXES))
+        diff = recorded_diff(_flatten(saved), _flatten(current), added=ADDED_KEYS, resumable=RESUMABLE_PREFIXES)
         if diff:
-            lines = [f"  {k}: saved {a.get(k, '<absent>')!r} != now {b.get(k, '<absent>')!r}" for k in diff]
+            lines = [f"  {k}: saved {a!r} != now {b!r}" for k, a, b in diff]
             raise ValueError(f"{workdir} holds a run with a different config; refusing to resume "
                              f"(use a new --workdir):\n" + "\n".join(lines))
     if is_writer:
