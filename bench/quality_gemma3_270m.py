@@ -48,6 +48,10 @@ import sys
 import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)  # runs from a checkout without installing the package
+
+from bitembed_jax.config_loader import recorded_diff  # noqa: E402
+from bitembed_jax.io.paths import write_text_atomic  # noqa: E402
 SHARED = os.path.join(ROOT, "..", "shared", "data")
 CONFIGS = os.path.join(ROOT, "configs")
 PRECISIONS = ("fp32", "int8", "int4", "binary")
@@ -121,9 +125,6 @@ def parse_args(argv=None):
 def check_workdir_args(args, wd):
     """The options this workdir was started with, recorded on the first run; a rerun must ask for the same."""
     path = os.path.join(wd, "args.json")
-    from bitembed_jax.config_loader import recorded_diff
-    from bitembed_jax.io.paths import write_text_atomic
-
     now = {k: v for k, v in vars(args).items() if k not in ("workdir", "no_ablation", "no_student")}
     if not os.path.exists(path):
         write_text_atomic(path, json.dumps(now, indent=1))
@@ -176,11 +177,9 @@ def split(args, wd):
     ids = {t: f"d{i}" for i, t in enumerate(corpus)}
     held = {"corpus_ids": [ids[t] for t in corpus], "corpus": corpus, "query_ids": [f"q{i}" for i in range(len(queries))],
             "queries": queries, "qrels": {f"q{i}": {ids[p]: 1} for i, p in enumerate(positives)}}
-    with open(os.path.join(wd, "train.jsonl"), "w", encoding="utf-8") as f:
-        for r in train:
-            f.write(json.dumps(r) + "\n")
-    with open(path, "w") as f:
-        json.dump(held, f)
+    # split.json last: its presence means both files are whole
+    write_text_atomic(os.path.join(wd, "train.jsonl"), "".join(json.dumps(r) + "\n" for r in train))
+    write_text_atomic(path, json.dumps(held))
     return os.path.join(wd, "train.jsonl"), held
 
 
@@ -209,10 +208,7 @@ def distill_file(args, wd, train_file):
         rows = [line.rstrip("\n") for line in f if line.strip()]
     rows += [json.dumps({"query": t, "positive": t}) for t in extra if t]
     rng = np.random.default_rng(args.seed)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(rows[i] + "\n" for i in rng.permutation(len(rows)))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(rows[i] + "\n" for i in rng.permutation(len(rows))))
     log(f"{path}: {len(rows)} items, {len(extra)} of them unlabeled sentences from {names}")
     return path
 
@@ -273,8 +269,7 @@ def evaluate(model_dir, held, args, cache):
         sts.name = name
         rows += evaluate_sts(enc, sts, PRECISIONS)
     out = {"rows": rows, "seconds": time.perf_counter() - t0}
-    with open(cache, "w") as f:
-        json.dump(out, f, indent=1)
+    write_text_atomic(cache, json.dumps(out, indent=1))
     return out
 
 
@@ -341,7 +336,6 @@ def report(results, times, args, n_train, held) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    sys.path.insert(0, ROOT)
     wd = os.path.abspath(args.workdir)
     os.makedirs(wd, exist_ok=True)
     check_workdir_args(args, wd)
@@ -356,8 +350,7 @@ def main(argv=None):
         log(f"{name} ...")
         out = fn()
         times[name] = time.perf_counter() - t0
-        with open(times_path, "w") as f:
-            json.dump(times, f, indent=1)
+        write_text_atomic(times_path, json.dumps(times, indent=1))
         log(f"{name}: {times[name] / 60:.1f} min")
         return out
 
@@ -407,8 +400,7 @@ def main(argv=None):
             os.path.join(wd, "ablation"), stage_log))
         evaluated("ablation")
     text = report(results, times, args, n_train, held)
-    with open(os.path.join(wd, "report.md"), "w") as f:
-        f.write(text + "\n")
+    write_text_atomic(os.path.join(wd, "report.md"), text + "\n")
     print(text)
 
 
