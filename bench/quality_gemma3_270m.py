@@ -292,6 +292,12 @@ def _ablation_label(args):
     return f"; ablation init: the BitNet model in {args.ablation_init}" if args.ablation_init else ""
 
 
+def _distill_label(args):
+    if args.no_student:
+        return "no distilled fine-tune in this run (--no-student)"
+    return f"distillation: similarity + attention relation{_extra_terms(args)}"
+
+
 def _teacher_label(args):
     return f"reused from {args.teacher}" if args.teacher else f"{args.teacher_steps} (lr {args.teacher_lr:g})"
 
@@ -313,8 +319,7 @@ def report(results, times, args, n_train, held) -> str:
              f"{len(held['queries'])} held-out queries vs {len(held['corpus'])} passages; batch {args.batch_size}; "
              f"steps: teacher {_teacher_label(args)}, student pre-train {args.pretrain_steps}"
              f"{_lr(args.pretrain_lr)}, fine-tune {args.finetune_steps}{_lr(args.finetune_lr)}; student init: "
-             f"{_init_label(args)}{_ablation_label(args)}; distillation: "
-             f"similarity + attention relation{_extra_terms(args)}{warm}{_text_label(args)}; "
+             f"{_init_label(args)}{_ablation_label(args)}; {_distill_label(args)}{warm}{_text_label(args)}; "
              f"hardware: {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.devices()[0].platform}.", ""]
     for ds, title in datasets:
@@ -341,7 +346,10 @@ def main(argv=None):
     check_workdir_args(args, wd)
     stage_log = os.path.join(wd, "train.log")
     times_path = os.path.join(wd, "times.json")
-    times = json.load(open(times_path)) if os.path.exists(times_path) else {}
+    times = {}
+    if os.path.exists(times_path):
+        with open(times_path, encoding="utf-8") as f:
+            times = json.load(f)
 
     def timed(name, fn):
         if name in times:

@@ -137,3 +137,19 @@ def test_ablation_line_continues_from_its_own_start(bench, tmp_path, monkeypatch
     assert f"--config.init.model={folders['student']}" in calls[0][1]
     shared = [o for o in calls[0][1] if not o.startswith(("--config.init.", "--config.teacher.", "--config.distill."))]
     assert shared == [o for o in overrides if not o.startswith(("--config.init.", "--config.distill."))]
+
+
+@pytest.mark.parametrize("flags, says, not_says", [
+    (["--no-student"], "no distilled fine-tune in this run (--no-student)", "similarity + attention"),
+    (["--embed-weight", "1"], "distillation: similarity + attention relation + 1 x pooled-vector alignment",
+     "--no-student"),
+])
+def test_report_header_names_only_the_fine_tunes_that_ran(bench, flags, says, not_says):
+    args = bench.parse_args(["--workdir", "unused", "--pretrain-steps", "0", *flags])
+    rows = [{"dataset": ds, "precision": p, "score": 0.5, "bytes_per_vector": 4}
+            for ds in ("heldout", "stsb", "sickr") for p in bench.PRECISIONS]
+    text = bench.report({"teacher": {"rows": rows}, "ablation": {"rows": rows}}, {"eval teacher": 60.0}, args, 10,
+                        {"queries": ["q"], "corpus": ["d"]})
+    header = text.splitlines()[0]
+    assert says in header and not_says not in header
+    assert "| ablation / teacher | 100.0% | 100.0% | 100.0% | 100.0% |" in text
