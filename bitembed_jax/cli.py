@@ -46,6 +46,19 @@ def _encode(args):
           f"{vecs.codes.dtype} + scales) to {args.out} (numpy .npz)")
 
 
+def _average(args):
+    from bitembed_jax.convert.average import average_models
+
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise ValueError(f"--weights {args.weights!r}: expected comma-separated numbers") from None
+    out = average_models(args.model, args.out, weights=weights, overwrite=args.overwrite)
+    print(f"wrote the average of {len(args.model)} models to {out}")
+
+
 def _train(args, overrides):
     from bitembed_jax.config_loader import apply_overrides, load_config_file
     from bitembed_jax.train.loop import train
@@ -137,6 +150,13 @@ def build_parser():
     a.add_argument("--step-time", type=float, default=None, help="seconds per step, for the MFU estimate")
     a.add_argument("--json", default=None, help="also write the report as JSON here")
     a.set_defaults(func=_aot, takes_overrides=True)
+
+    v = sub.add_parser("average", help="average the weights of models fine-tuned from one start (a model soup)")
+    v.add_argument("--model", action="append", required=True, help="a model folder or training workdir (repeat)")
+    v.add_argument("--weights", default=None, help="comma-separated, one per --model (default: equal)")
+    v.add_argument("--out", required=True)
+    v.add_argument("--overwrite", action="store_true")
+    v.set_defaults(func=_average)
 
     from bitembed_jax.export.cli_export import add_export_parser
 

@@ -1,0 +1,74 @@
+"""Weight averaging ("model soup") of model folders fine-tuned from one start.
+
+Fine-tunes of the same checkpoint on different data orders or seeds usually sit in one basin, so the mean
+of their latent weights is a model of its own that is often better than each (Wortsman et al., 2022). For a
+BitNet model the latent fp weights are averaged and the ternary weights follow from them at the forward, as
+during training; an export folder holds only packed ternary weights, which do not average, and is refused.
+"""
+import os
+
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from bitembed_jax.io.model_dir import (PARAMS_DIR, abstract_model, check_writable, read_config, resolve_model_dir,
+                                       save_model_dir)
+from bitembed_jax.io.state_paths import fill_state, flat_params
+
+# metadata that must agree, since it changes what the model's vectors mean
+_SAME_META = ("prompts", "precisions", "matryoshka_dims")
+
+
+def check_compatible(model_dirs: list[str]):
+    """(config, metadata) of the first folder, after every folder is checked against it; fails naming the key."""
+    if len(model_dirs) < 2:
+        raise ValueError(f"averaging needs at least two model folders, got {len(model_dirs)}")
+    first_cfg, first_meta = read_config(model_dirs[0])
+    for d in model_dirs:
+        cfg, meta = read_config(d)
+        if meta.get("export"):
+            raise ValueError(f"{d} is an export folder (packed ternary weights): average the training model "
+                             "folders instead")
+        ours, theirs = first_cfg.to_dict(), cfg.to_dict()
+        diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        if diff:
+            raise ValueError(f"{d}: model config differs from {model_dirs[0]} in {diff} "
+                             f"({[(ours.get(k), theirs.get(k)) for k in diff]})")
+        for key in _SAME_META:
+            if meta.get(key) != first_meta.get(key):
+                raise ValueError(f"{d}: bitembed_config.json key {key!r} is {meta.get(key)!r}, "
+                                 f"{model_dirs[0]} has {first_meta.get(key)!r}")
+    return first_cfg, first_meta
+
+
+def average_params(model_dirs: list[str], target: dict, weights: list[float]) -> dict:
+    """{path: weighted mean} over the folders' params, accumulated in float64 and cast back to each leaf's dtype."""
+    ckpt = ocp.StandardCheckpointer()
+    total = {}
+    for d, w in zip(model_dirs, weights):
+        values = ckpt.restore(os.path.join(d, PARAMS_DIR), target)
+        for k, v in values.items():
+            total[k] = total.get(k, 0.0) + w * np.asarray(v, np.float64)
+    return {k: total[k].astype(target[k].dtype) for k in target}
+
+
+def average_models(model_dirs: list[str], out_dir: str, *, weights: list[float] | None = None,
+                   overwrite: bool = False) -> str:
+    """Write the (weighted) mean of ``model_dirs`` to ``out_dir`` with the first folder's tokenizer."""
+    import jax
+
+    model_dirs = [os.path.abspath(resolve_model_dir(d)) for d in model_dirs]
+    weights = [1.0] * len(model_dirs) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(model_dirs) or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"--weights: need {len(model_dirs)} non-negative numbers with a positive sum, got {weights}")
+    weights = [w / sum(weights) for w in weights]
+    cfg, meta = check_compatible(model_dirs)
+    check_writable(out_dir, overwrite)  # before reading gigabytes of weights
+    abstract = abstract_model(cfg)
+    graphdef, abs_state = nnx.split(abstract)
+    target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat_params(abs_state).items()}
+    model = nnx.merge(graphdef, fill_state(abs_state, average_params(model_dirs, target, weights)))
+    # calibrated output scales belong to one model's vectors; the average needs its own
+    extra = {k: v for k, v in meta.items() if k not in ("model", "embedding_scales", "train")}
+    extra["averaged_from"] = [{"model": d, "weight": w} for d, w in zip(model_dirs, weights)]
+    return save_model_dir(out_dir, model, cfg, tokenizer_dir=model_dirs[0], extra=extra, overwrite=overwrite)
