@@ -33,6 +33,9 @@ was run before). To carry the ablation line through the same continuations as th
 DIR`` starts the ablation from an earlier ablation model, and ``--no-student`` skips the distilled fine-tune
 (whose stage ran before in the student's own workdir).
 
+``--eval-model NAME=DIR`` evaluates any other model folder (e.g. a weight average made with ``bitembed-jax
+average``) on the workdir's split next to the teacher; it can be added to a finished workdir.
+
 A workdir keeps the options it was started with (WORKDIR/args.json): a rerun with different ones stops with
 the differing options named, since finished stages would otherwise be reused under the new options.
 
@@ -44,6 +47,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import sys
 import time
 
@@ -92,6 +96,8 @@ def _parser():
     p.add_argument("--ablation-init", default=None,
                    help="a BitNet model folder the ablation continues from (default: the student's start)")
     p.add_argument("--no-student", action="store_true", help="skip the distilled fine-tune")
+    p.add_argument("--eval-model", action="append", default=[], metavar="NAME=DIR",
+                   help="also evaluate this model folder on the workdir's split, next to the teacher (repeat)")
     return p
 
 
@@ -107,6 +113,14 @@ def parse_args(argv=None):
                 "and --pretrain-steps 0, so that the student's start is not pre-trained for one line only")
     if args.gguf is not None and not os.path.isfile(args.gguf):
         p.error(f"--gguf {args.gguf}: no such file")
+    args.eval_models = []
+    for item in args.eval_model:
+        name, _, folder = item.partition("=")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name in MODELS or name in dict(args.eval_models):
+            p.error(f"--eval-model {item!r}: NAME must be new, of letters, digits, _ or -, and not one of {MODELS}")
+        if not os.path.exists(os.path.join(folder, "bitembed_config.json")):
+            p.error(f"--eval-model {item!r}: {folder} is not a bitembed-jax model folder (no bitembed_config.json)")
+        args.eval_models.append((name, os.path.abspath(folder)))
     unknown = sorted({n for n in args.distill_text.split(",") if n} - {"stsb", "sickr"})
     if unknown:
         p.error(f"--distill-text: unknown set(s) {unknown}; known: stsb, sickr")
@@ -125,7 +139,9 @@ def parse_args(argv=None):
 def check_workdir_args(args, wd):
     """The options this workdir was started with, recorded on the first run; a rerun must ask for the same."""
     path = os.path.join(wd, "args.json")
-    now = {k: v for k, v in vars(args).items() if k not in ("workdir", "no_ablation", "no_student")}
+    # what only adds or skips a stage, and never changes a finished one, may differ between reruns
+    skip = ("workdir", "no_ablation", "no_student", "eval_model", "eval_models")
+    now = {k: v for k, v in vars(args).items() if k not in skip}
     if not os.path.exists(path):
         write_text_atomic(path, json.dumps(now, indent=1))
         return
@@ -255,7 +271,10 @@ def evaluate(model_dir, held, args, cache):
     """Rows of eval.local for one model, cached as JSON (the slow part of a resumed run is skipped)."""
     if os.path.exists(cache):
         with open(cache) as f:
-            return json.load(f)
+            out = json.load(f)
+        if out.get("model", model_dir) != model_dir:
+            raise SystemExit(f"{cache} holds the figures of {out['model']}, not {model_dir}: use another NAME")
+        return out
     from bitembed_jax.encode import Encoder
     from bitembed_jax.eval.local import RetrievalData, evaluate_retrieval, evaluate_sts, read_sts
 
@@ -268,7 +287,7 @@ def evaluate(model_dir, held, args, cache):
         sts = read_sts(os.path.join(SHARED, name, "sts.tsv"), limit=limit)
         sts.name = name
         rows += evaluate_sts(enc, sts, PRECISIONS)
-    out = {"rows": rows, "seconds": time.perf_counter() - t0}
+    out = {"rows": rows, "seconds": time.perf_counter() - t0, "model": model_dir}
     write_text_atomic(cache, json.dumps(out, indent=1))
     return out
 
@@ -314,6 +333,7 @@ def report(results, times, args, n_train, held) -> str:
                 ("sickr", f"SICK-R test Spearman (first {args.sick_limit})")]
     warm = f"; gradual quantization over {args.quant_warmup} fine-tune steps" if args.quant_warmup else ""
     score = {m: {(r["dataset"], r["precision"]): r["score"] for r in results[m]["rows"]} for m in results}
+    extra = dict(args.eval_models)
     bpv = {r["precision"]: r["bytes_per_vector"] for r in results["teacher"]["rows"] if r["dataset"] == "stsb"}
     lines = [f"Gemma3-270M (GGUF Q4_K_M dequantized), {n_train} train pairs (medquad + boolq), "
              f"{len(held['queries'])} held-out queries vs {len(held['corpus'])} passages; batch {args.batch_size}; "
@@ -325,14 +345,17 @@ def report(results, times, args, n_train, held) -> str:
     for ds, title in datasets:
         lines += [f"**{title}**", "", "| model | " + " | ".join(PRECISIONS) + " |",
                   "|---|" + "---:|" * len(PRECISIONS)]
-        for m in MODELS:
+        for m in (*MODELS, *extra):
             if m in score:
-                lines.append(f"| {LABELS[m]} | " + " | ".join(f"{score[m][(ds, p)]:.3f}" for p in PRECISIONS) + " |")
-        for m in ("student", "ablation"):
+                lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(f"{score[m][(ds, p)]:.3f}" for p in PRECISIONS)
+                             + " |")
+        for m in ("student", "ablation", *extra):
             if m in score:
                 lines.append(f"| {m} / teacher | " + " | ".join(
                     f"{score[m][(ds, p)] / score['teacher'][(ds, p)]:.1%}" for p in PRECISIONS) + " |")
         lines.append("")
+    if extra:
+        lines += ["other models evaluated: " + ", ".join(f"{m} = {folder}" for m, folder in extra.items()), ""]
     lines += ["bytes per vector: " + ", ".join(f"{p} {bpv[p]}" for p in PRECISIONS), "",
               "| stage | wall time |", "|---|---:|"]
     lines += [f"| {k} | {v / 60:.1f} min |" for k, v in times.items()]
@@ -407,6 +430,9 @@ def main(argv=None):
                                             "--config.distill.sim_weight=0", "--config.distill.attn_weight=0"],
             os.path.join(wd, "ablation"), stage_log))
         evaluated("ablation")
+    for name, folder in args.eval_models:
+        dirs[name] = folder
+        evaluated(name)
     text = report(results, times, args, n_train, held)
     write_text_atomic(os.path.join(wd, "report.md"), text + "\n")
     print(text)

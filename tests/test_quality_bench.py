@@ -153,3 +153,51 @@ def test_report_header_names_only_the_fine_tunes_that_ran(bench, flags, says, no
     header = text.splitlines()[0]
     assert says in header and not_says not in header
     assert "| ablation / teacher | 100.0% | 100.0% | 100.0% | 100.0% |" in text
+
+
+def test_eval_model_adds_a_row_to_a_finished_workdir_without_training(bench, tmp_path, monkeypatch):
+    folders = {}
+    for name in ("teacher", "start", "soup", "other"):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        (folders[name] / "bitembed_config.json").write_text("{}")
+    monkeypatch.setattr(bench, "split", lambda args, wd: (str(tmp_path / "train.jsonl"), {"queries": ["q"],
+                                                                                          "corpus": ["d"]}))
+    (tmp_path / "train.jsonl").write_text("{}\n")
+    monkeypatch.setattr(bench, "run_train", lambda *a: pytest.fail("nothing should train"))
+    scored = []
+
+    def fake_eval(model_dir, held, args, cache):
+        scored.append(model_dir)
+        score = 0.4 if model_dir.endswith("soup") else 0.5
+        rows = [{"dataset": ds, "precision": p, "score": score, "bytes_per_vector": 4}
+                for ds in ("heldout", "stsb", "sickr") for p in bench.PRECISIONS]
+        return {"rows": rows, "model": model_dir}
+
+    monkeypatch.setattr(bench, "evaluate", fake_eval)
+    wd = tmp_path / "run"
+    base = ["--workdir", str(wd), "--teacher", str(folders["teacher"]), "--student-init", str(folders["start"]),
+            "--pretrain-steps", "0", "--no-student", "--no-ablation"]
+    bench.main(base)
+    bench.main([*base, "--eval-model", f"soup={folders['soup']}"])  # the recorded options still match
+    assert scored[-1] == str(folders["soup"])
+    report = (wd / "report.md").read_text()
+    assert "| soup / teacher | 80.0% | 80.0% | 80.0% | 80.0% |" in report and f"soup = {folders['soup']}" in report
+
+
+@pytest.mark.parametrize("item, named", [("student=DIR", "NAME must be new"), ("a b=DIR", "NAME must be new"),
+                                         ("x=/no/such", "not a bitembed-jax model folder")])
+def test_bad_eval_model_stops_before_the_workdir_is_made(bench, tmp_path, capsys, item, named):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "bitembed_config.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        bench.main(["--workdir", str(tmp_path / "run"), "--eval-model", item.replace("DIR", str(tmp_path / "m"))])
+    assert named in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_an_eval_cache_is_never_reused_for_another_model(bench, tmp_path):
+    cache = tmp_path / "eval_soup.json"
+    cache.write_text(json.dumps({"rows": [], "model": "/runs/a"}))
+    assert bench.evaluate("/runs/a", {}, None, str(cache)) == {"rows": [], "model": "/runs/a"}
+    with pytest.raises(SystemExit, match="holds the figures of /runs/a, not /runs/b"):
+        bench.evaluate("/runs/b", {}, None, str(cache))
