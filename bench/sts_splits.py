@@ -9,6 +9,8 @@ same models on other labelled splits (by default STS-B dev, SICK-R trial, the 3,
 first 1,500, and SICK-R train; their labels and pairing were never used in training or in any choice) at
 fp32/int8/int4/binary, and gives each model/teacher Spearman ratio with a 95% paired bootstrap interval
 (the same resampled pairs for both models) and the share of resamples at or above ``--target``.
+``--compare A:B`` adds the paired difference of two models' ratios (e.g. the distilled student against its
+ablation), with its interval and the share of resamples where A is ahead.
 
 Each model's fp32 vectors of every distinct sentence are cached in WORKDIR/emb/NAME.npz, written every
 ``--chunk`` sentences, so a killed run resumes where it stopped; a rerun with more models or splits only encodes
@@ -69,6 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--model", action="append", default=[], metavar="NAME=DIR", help="a model to score (repeat)")
     p.add_argument("--split", action="append", default=None, metavar="NAME=PATH[@START:STOP]",
                    help=f"an STS TSV (score, s1, s2); default: {', '.join(DEFAULT_SPLITS)}")
+    p.add_argument("--compare", action="append", default=[], metavar="A:B",
+                   help="also the paired difference of two models' ratios, e.g. student:ablation (repeat)")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--bootstrap", type=int, default=2000, help="paired resamples per interval")
@@ -84,6 +88,12 @@ def parse_args(argv=None):
     for name, path in args.models:
         if not os.path.exists(os.path.join(path, "bitembed_config.json")):
             raise SystemExit(f"model {name}: {path} is not a model folder (no bitembed_config.json)")
+    args.compare_pairs = []
+    for item in args.compare:
+        a, sep, b = item.partition(":")
+        if not sep or a not in names or b not in names or a == b:
+            raise SystemExit(f"--compare {item!r}: expected A:B, two different --model names of {names}")
+        args.compare_pairs.append((a, b))
     args.splits = [parse_split(s) for s in (args.split or DEFAULT_SPLITS)]
     return args
 
@@ -174,6 +184,19 @@ def paired_ratio(sim_s, sim_t, gold, n_boot: int, target: float, rng) -> dict:
             "high": float(hi), "p_target": float(np.mean(ratio >= target)), "resamples": int(len(ratio))}
 
 
+def paired_difference(sim_a, sim_b, sim_t, gold, n_boot: int, rng) -> dict:
+    """(rho_a - rho_b) / rho_teacher in ratio points, its 95% interval over resamples that all three models share,
+    and the share of resamples where A is ahead."""
+    idx = np.concatenate([np.arange(len(gold))[None], rng.integers(0, len(gold), size=(n_boot, len(gold)))])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = [spearman_rows(s[idx], gold[idx]) for s in (sim_a, sim_b, sim_t)]
+        diff = (rho[0] - rho[1]) / rho[2]
+    boot = diff[1:][np.isfinite(diff[1:])]
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"diff": float(diff[0]), "low": float(lo), "high": float(hi), "p_ahead": float(np.mean(boot > 0)),
+            "resamples": int(len(boot))}
+
+
 def report(results, args) -> str:
     import jax
 
@@ -183,13 +206,22 @@ def report(results, args) -> str:
     for split, n in results["pairs"].items():
         teacher = results["scores"][split]["teacher"]["fp32"]["teacher"]
         lines += [f"**{split}** ({n} pairs; teacher fp32 Spearman {teacher:.3f})", "",
-                  "| model | " + " | ".join(PRECISIONS) + f" | P(fp32 ratio >= {args.target:.0%}) |",
+                  "| model | " + " | ".join(PRECISIONS) + f" | resamples with fp32 ratio >= {args.target:.0%} |",
                   "|---|" + "---:|" * (len(PRECISIONS) + 1)]
         for name, _ in args.models[1:]:
             cells = results["scores"][split][name]
             lines.append(f"| {name} | " + " | ".join(
                 f"{c['ratio']:.1%} [{c['low']:.1%}, {c['high']:.1%}]" for c in (cells[p] for p in PRECISIONS))
                 + f" | {cells['fp32']['p_target']:.2f} |")
+        lines.append("")
+    for split, pairs in results.get("compare", {}).items():
+        lines += [f"**{split}: A - B in points of the teacher's Spearman**", "",
+                  "| A - B | " + " | ".join(PRECISIONS) + " | resamples with A ahead (fp32) |",
+                  "|---|" + "---:|" * (len(PRECISIONS) + 1)]
+        for key, cells in pairs.items():
+            lines.append(f"| {key.replace(':', ' - ')} | " + " | ".join(
+                f"{100 * c['diff'] + 0:+.1f} [{100 * c['low'] + 0:+.1f}, {100 * c['high'] + 0:+.1f}]"  # no -0.0
+                for c in (cells[p] for p in PRECISIONS)) + f" | {cells['fp32']['p_ahead']:.2f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -211,7 +243,10 @@ def main(argv=None):
     scores = {s: {name: {p: paired_ratio(sims[name][s][p], sims["teacher"][s][p], gold, args.bootstrap,
                                          args.target, rng) for p in PRECISIONS} for name, _ in args.models}
               for s, (gold, _, _) in splits.items()}
-    results = {"pairs": {s: len(g) for s, (g, _, _) in splits.items()}, "scores": scores,
+    compare = {s: {f"{a}:{b}": {p: paired_difference(sims[a][s][p], sims[b][s][p], sims["teacher"][s][p], gold,
+                                                      args.bootstrap, rng) for p in PRECISIONS}
+                   for a, b in args.compare_pairs} for s, (gold, _, _) in splits.items() if args.compare_pairs}
+    results = {"pairs": {s: len(g) for s, (g, _, _) in splits.items()}, "scores": scores, "compare": compare,
                "models": dict(args.models), "bootstrap": args.bootstrap, "seed": args.seed}
     text = report(results, args)
     write_text_atomic(os.path.join(wd, "results.json"), json.dumps(results, indent=1))

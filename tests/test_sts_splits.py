@@ -40,6 +40,20 @@ def test_paired_ratio_resamples_both_models_on_the_same_pairs(bench):
     assert same["ratio"] == same["low"] == same["high"] == 1.0 and same["p_target"] == 1.0
 
 
+def test_paired_difference_is_scipy_on_shared_resamples(bench):
+    rng = np.random.default_rng(2)
+    gold = rng.normal(size=50)
+    a, b, t = (gold + k * rng.normal(size=50) for k in (1.0, 1.6, 0.8))
+    out = bench.paired_difference(a, b, t, gold, 200, np.random.default_rng(3))
+    idx = np.random.default_rng(3).integers(0, 50, size=(200, 50))
+    rho = lambda s, i: spearmanr(s[i], gold[i]).statistic  # noqa: E731
+    diff = np.asarray([(rho(a, i) - rho(b, i)) / rho(t, i) for i in idx])
+    whole = np.arange(50)
+    assert out["diff"] == pytest.approx((rho(a, whole) - rho(b, whole)) / rho(t, whole))
+    assert (out["low"], out["high"]) == pytest.approx(tuple(np.percentile(diff, [2.5, 97.5])))
+    assert out["p_ahead"] == pytest.approx(np.mean(diff > 0)) and out["resamples"] == 200
+
+
 ROWS = [(4.5, "alpha beta gamma", "alpha beta delta"), (1.0, "sentence number 3", "words words"),
         (3.2, "topic 5 with words", "topic 5 about words"), (0.5, "delta", "gamma sentence"),
         (2.5, "alpha beta gamma", "words words"), (3.9, "a cat sleeps", "a cat is asleep"),
@@ -64,7 +78,7 @@ def test_scores_match_the_eval_path_and_reruns_use_the_cache(bench, setup, tmp_p
     student, teacher, tsv = setup
     wd = tmp_path / "wd"
     argv = ["--workdir", str(wd), "--teacher", teacher, "--model", f"s={student}", "--split", f"all={tsv}",
-            "--split", f"tail={tsv}@3:", "--bootstrap", "20"]
+            "--split", f"tail={tsv}@3:", "--bootstrap", "20", "--model", f"s2={student}", "--compare", "s:s2"]
     bench.main(argv)
     res = json.loads((wd / "results.json").read_text())
     assert res["pairs"] == {"all": 8, "tail": 5}
@@ -79,6 +93,9 @@ def test_scores_match_the_eval_path_and_reruns_use_the_cache(bench, setup, tmp_p
     gold = [s for s, _, _ in ROWS[3:]]
     assert tail["ratio"] == pytest.approx(spearmanr(sims[:5], gold).statistic / spearmanr(sims[5:], gold).statistic,
                                           abs=1e-6)
+    same = res["compare"]["all"]["s:s2"]["fp32"]  # one model under two names: never ahead of itself
+    assert (same["diff"], same["low"], same["high"], same["p_ahead"]) == (0.0, 0.0, 0.0, 0.0)
+    assert "| s - s2 | +0.0 [+0.0, +0.0]" in (wd / "report.md").read_text()
     assert "| s | " in (wd / "report.md").read_text() and "**tail** (5 pairs" in capsys.readouterr().out
 
     encoded = []
@@ -93,7 +110,7 @@ def test_scores_match_the_eval_path_and_reruns_use_the_cache(bench, setup, tmp_p
     extra = tmp_path / "extra.tsv"
     extra.write_text("score\ts1\ts2\n1.0\tdelta\tnew words here\n2.0\tall new\train today\n")
     bench.main([*argv, "--split", f"extra={extra}"])
-    assert sorted(encoded) == sorted(["all new", "new words here"] * 2)  # only the new ones, once per model
+    assert sorted(encoded) == sorted(["all new", "new words here"] * 3)  # only the new ones, once per model
 
 
 def test_a_name_keeps_its_model_folder(bench, setup, tmp_path):
@@ -111,6 +128,7 @@ def test_a_name_keeps_its_model_folder(bench, setup, tmp_path):
     (["--split", "a={tsv}@x:"], "rows must be START:STOP"),
     (["--model", "teacher={student}"], "not 'teacher'"),
     (["--model", "s=/no/model"], "model s: /no/model is not a model folder"),
+    (["--model", "s={student}", "--compare", "s:x"], "--compare 's:x': expected A:B"),
 ])
 def test_bad_input_stops_before_the_workdir_is_made(bench, setup, tmp_path, flags, named):
     student, teacher, tsv = setup
