@@ -101,7 +101,10 @@ def parse_args(argv=None):
 def check_models(args, wd):
     """Each name keeps its first model folder and max length, so a cache never mixes two models' vectors."""
     path = os.path.join(wd, "models.json")
-    seen = json.load(open(path, encoding="utf-8")) if os.path.exists(path) else {}
+    seen = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            seen = json.load(f)
     now = {n: {"dir": os.path.abspath(d), "max_length": args.max_length} for n, d in args.models}
     clash = [f"{n}: {seen[n]} then, {now[n]} now" for n in now if n in seen and seen[n] != now[n]]
     if clash:
