@@ -121,8 +121,8 @@ def evaluate(model_dir, queries, corpus, relevant, precisions=("fp32",)):
     import numpy as np
 
     from bitembed_jax.encode import Encoder
-    from bitembed_jax.eval.local import embed_texts, retrieval_scores, storage
-    from bitembed_jax.quant.embedding import similarity
+    from bitembed_jax.eval.local import embed_texts, retrieval_scores
+    from bitembed_jax.quant.embedding import model_storage, similarity
 
     enc = Encoder.from_pretrained(model_dir)
     docs = embed_texts(enc, corpus, batch_size=32)
@@ -132,7 +132,7 @@ def evaluate(model_dir, queries, corpus, relevant, precisions=("fp32",)):
     qrels = {q: {dids[d]: 1} for q, d in zip(qids, relevant)}
     out = {}
     for p in precisions:
-        sq, sd = storage(enc, qs, p, None), storage(enc, docs, p, None)
+        sq, sd = model_storage(qs, p, enc.meta), model_storage(docs, p, enc.meta)
         scores = retrieval_scores(sq, sd, qids, dids, qrels)
         sims = similarity(sq, sd)
         pos = sims[np.arange(len(relevant)), relevant]

@@ -121,7 +121,8 @@ def parse_args(argv=None):
         if not os.path.exists(os.path.join(folder, "bitembed_config.json")):
             p.error(f"--eval-model {item!r}: {folder} is not a bitembed-jax model folder (no bitembed_config.json)")
         args.eval_models.append((name, os.path.abspath(folder)))
-    unknown = sorted({n for n in args.distill_text.split(",") if n} - {"stsb", "sickr"})
+    args.distill_sets = [n for n in args.distill_text.split(",") if n]
+    unknown = sorted(set(args.distill_sets) - {"stsb", "sickr"})
     if unknown:
         p.error(f"--distill-text: unknown set(s) {unknown}; known: stsb, sickr")
     # absolute, so that the same run resumed from another directory has the same options
@@ -140,7 +141,7 @@ def check_workdir_args(args, wd):
     """The options this workdir was started with, recorded on the first run; a rerun must ask for the same."""
     path = os.path.join(wd, "args.json")
     # what only adds or skips a stage, and never changes a finished one, may differ between reruns
-    skip = ("workdir", "no_ablation", "no_student", "eval_model", "eval_models")
+    skip = ("workdir", "no_ablation", "no_student", "eval_model", "eval_models", "distill_sets")  # derived
     now = {k: v for k, v in vars(args).items() if k not in skip}
     if not os.path.exists(path):
         write_text_atomic(path, json.dumps(now, indent=1))
@@ -206,7 +207,7 @@ def read_sentences(path):
     return {t.strip() for t in data.s1 + data.s2}
 
 
-def distill_file(args, wd, train_file):
+def distill_file(args, wd, train_rows):
     """train.jsonl plus unlabeled general-domain sentences, shuffled; written once, reused on resume.
 
     The teacher labels any text, so distillation can transfer what it knows beyond the training pairs' domain.
@@ -214,15 +215,13 @@ def distill_file(args, wd, train_file):
     test sentences in its train split)."""
     import numpy as np
 
-    names = [n for n in args.distill_text.split(",") if n]
+    names = args.distill_sets
     path = os.path.join(wd, "train_distill.jsonl")
     if os.path.exists(path):
         return path
     test = set().union(*(read_sentences(os.path.join(SHARED, n, "sts.tsv")) for n in ("stsb", "sickr")))
     extra = sorted(set().union(*(read_sentences(os.path.join(SHARED, n, "sts-train.tsv")) for n in names)) - test)
-    with open(train_file, encoding="utf-8") as f:
-        rows = [line.rstrip("\n") for line in f if line.strip()]
-    rows += [json.dumps({"query": t, "positive": t}) for t in extra if t]
+    rows = train_rows + [json.dumps({"query": t, "positive": t}) for t in extra if t]
     rng = np.random.default_rng(args.seed)
     write_text_atomic(path, "".join(rows[i] + "\n" for i in rng.permutation(len(rows))))
     log(f"{path}: {len(rows)} items, {len(extra)} of them unlabeled sentences from {names}")
@@ -386,9 +385,9 @@ def main(argv=None):
         return out
 
     train_file, held = split(args, wd)
-    with open(train_file) as f:
-        n_train = sum(1 for _ in f)
-    ft_file = distill_file(args, wd, train_file) if args.distill_text else train_file
+    with open(train_file, encoding="utf-8") as f:
+        train_rows = [line.rstrip("\n") for line in f if line.strip()]
+    ft_file = distill_file(args, wd, train_rows) if args.distill_sets else train_file
     seeds = [f"--config.train.batch_size={args.batch_size}", f"--config.data.seed={args.seed}",
              f"--config.train.seed={args.seed}"]
     common = [f"--config.data.train_files=['{train_file}']", *seeds]
@@ -433,7 +432,7 @@ def main(argv=None):
     for name, folder in args.eval_models:
         dirs[name] = folder
         evaluated(name)
-    text = report(results, times, args, n_train, held)
+    text = report(results, times, args, len(train_rows), held)
     write_text_atomic(os.path.join(wd, "report.md"), text + "\n")
     print(text)
 

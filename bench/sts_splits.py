@@ -12,18 +12,25 @@ fp32/int8/int4/binary, and gives each model/teacher Spearman ratio with a 95% pa
 ``--compare A:B`` adds the paired difference of two models' ratios (e.g. the distilled student against its
 ablation), with its interval and the share of resamples where A is ahead.
 
-Each model's fp32 vectors of every distinct sentence are cached in WORKDIR/emb/NAME.npz, written every
-``--chunk`` sentences, so a killed run resumes where it stopped; a rerun with more models or splits only encodes
-what is new. A name is tied to the model folder it was first given (WORKDIR/models.json): another folder under
-the same name is refused. Prints markdown tables; the same goes to WORKDIR/report.md and the figures to
-WORKDIR/results.json.
+Each split's resamples are drawn once, from ``--seed`` and the split's name, and shared by every model,
+precision and comparison: all figures of a split are paired, and adding a model or a split changes no other
+interval.
+
+Each model's fp32 vectors of every distinct sentence are cached in WORKDIR/emb/NAME/, one file per ``--chunk``
+sentences, each written once, so a killed run resumes where it stopped; a rerun with more models or splits only
+encodes what is new. A name is tied to the contents of the model folder it was first given (a hash of its files,
+in WORKDIR/models.json): a folder with other contents under the same name, a model retrained in place among them,
+is refused. Prints markdown tables; the same goes to WORKDIR/report.md and the figures to WORKDIR/results.json.
 """
 import argparse
+import glob
+import hashlib
 import json
 import os
 import platform
 import sys
 import time
+import zlib
 
 import numpy as np
 
@@ -98,15 +105,31 @@ def parse_args(argv=None):
     return args
 
 
+def fingerprint(model_dir: str) -> str:
+    """sha256 of a model folder's file names and contents: what its vectors depend on, wherever it lies."""
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(model_dir):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            h.update(os.path.relpath(path, model_dir).encode() + b"\0")
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
 def check_models(args, wd):
-    """Each name keeps its first model folder and max length, so a cache never mixes two models' vectors."""
+    """Each name keeps its first model (by contents) and max length, so a cache never mixes two models' vectors."""
     path = os.path.join(wd, "models.json")
     seen = {}
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             seen = json.load(f)
-    now = {n: {"dir": os.path.abspath(d), "max_length": args.max_length} for n, d in args.models}
-    clash = [f"{n}: {seen[n]} then, {now[n]} now" for n in now if n in seen and seen[n] != now[n]]
+    now = {n: {"fingerprint": fingerprint(d), "max_length": args.max_length, "dir": os.path.abspath(d)}
+           for n, d in args.models}
+    key = lambda e: (e.get("fingerprint"), e.get("max_length"))  # noqa: E731
+    clash = [f"{n}: {seen[n]} then, {now[n]} now" for n in now if n in seen and key(seen[n]) != key(now[n])]
     if clash:
         raise SystemExit(f"{path}: " + "; ".join(clash) + "; use another name or --workdir")
     write_text_atomic(path, json.dumps({**seen, **now}, indent=1))
@@ -121,18 +144,21 @@ def read_split(path, lo, hi):
 
 
 def _save_npz(path, texts, vecs):
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, texts=np.asarray(texts, dtype=str), vecs=vecs)
+    tmp = path + ".tmp"  # not *.npz: a file left by a kill is never read as a chunk
+    with open(tmp, "wb") as f:
+        np.savez(f, texts=np.asarray(texts, dtype=str), vecs=vecs)
     os.replace(tmp, path)
 
 
 def embeddings(name, model_dir, texts, args, wd):
     """{text: fp32 vector} for ``texts``, from the cache plus what is newly encoded (saved as it goes)."""
-    path = os.path.join(wd, "emb", f"{name}.npz")
-    known, vecs = [], np.zeros((0, 0), np.float32)
-    if os.path.exists(path):
+    folder = os.path.join(wd, "emb", name)
+    chunks = sorted(glob.glob(os.path.join(folder, "*.npz")))
+    known, parts = [], []
+    for path in chunks:
         with np.load(path) as z:
-            known, vecs = [str(t) for t in z["texts"]], z["vecs"]
+            known += [str(t) for t in z["texts"]]
+            parts.append(z["vecs"])
     have = set(known)
     todo = sorted({t for t in texts if t not in have}, key=len)
     if todo:
@@ -140,70 +166,84 @@ def embeddings(name, model_dir, texts, args, wd):
         from bitembed_jax.eval.local import embed_texts
 
         enc = Encoder.from_pretrained(model_dir, max_length=args.max_length)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
         t0 = time.perf_counter()
-        for s in range(0, len(todo), args.chunk):
+        for k, s in enumerate(range(0, len(todo), args.chunk), start=len(chunks)):
             part = todo[s: s + args.chunk]
             new = embed_texts(enc, part, batch_size=args.batch_size)
-            known, vecs = known + part, (np.concatenate([vecs, new]) if len(vecs) else new)
-            _save_npz(path, known, vecs)
+            _save_npz(os.path.join(folder, f"{k:06d}.npz"), part, new)
+            known, parts = known + part, parts + [new]
             log(f"{name}: {s + len(part)}/{len(todo)} sentences ({time.perf_counter() - t0:.0f} s)")
-    return dict(zip(known, vecs))
+    return dict(zip(known, np.concatenate(parts))) if parts else {}
 
 
-def scales(model_dir):
-    from bitembed_jax.io.model_dir import read_config
-
-    return read_config(model_dir)[1].get("embedding_scales", {})
-
-
-def similarities(table, s1, s2, precision, scale):
+def similarities(table, s1, s2, precision, meta):
     from bitembed_jax.eval.local import pairwise_similarity
-    from bitembed_jax.quant.embedding import encode_storage
+    from bitembed_jax.quant.embedding import model_storage
 
-    a, b = (encode_storage(np.stack([table[t] for t in s]), precision, scale=scale) for s in (s1, s2))
+    a, b = (model_storage(np.stack([table[t] for t in s]), precision, meta) for s in (s1, s2))
     return pairwise_similarity(a, b)
 
 
-def spearman_rows(sims: np.ndarray, gold: np.ndarray) -> np.ndarray:
-    """Spearman of each row of ``sims`` (B, n) against the same row of ``gold`` (B, n); ties get mean ranks."""
+def _centered_ranks(x: np.ndarray) -> np.ndarray:
     from scipy.stats import rankdata
 
-    x, y = rankdata(sims, axis=1), rankdata(gold, axis=1)
-    x -= x.mean(axis=1, keepdims=True)
-    y -= y.mean(axis=1, keepdims=True)
+    r = rankdata(x, axis=1)  # ties get mean ranks
+    return r - r.mean(axis=1, keepdims=True)
+
+
+def _correlate(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (x * y).sum(axis=1) / np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
 
 
-def paired_ratio(sim_s, sim_t, gold, n_boot: int, target: float, rng) -> dict:
-    """Student/teacher Spearman ratio, its 95% percentile interval over paired resamples, and P(ratio >= target)."""
-    rho_s, rho_t = (spearman_rows(s[None], gold[None])[0] for s in (sim_s, sim_t))
-    idx = rng.integers(0, len(gold), size=(n_boot, len(gold)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = spearman_rows(sim_s[idx], gold[idx]) / spearman_rows(sim_t[idx], gold[idx])
-    ratio = ratio[np.isfinite(ratio)]  # a resample of a tiny split can have constant scores: no correlation
-    lo, hi = np.percentile(ratio, [2.5, 97.5])
-    return {"student": float(rho_s), "teacher": float(rho_t), "ratio": float(rho_s / rho_t), "low": float(lo),
-            "high": float(hi), "p_target": float(np.mean(ratio >= target)), "resamples": int(len(ratio))}
+class Resampled:
+    """A split's gold scores and its paired bootstrap: row 0 is the split itself, rows 1..n_boot resample its pairs
+    with replacement. The resamples depend on the seed and the split's name alone, and the gold ranks of every
+    resample are computed once for all models and precisions."""
+
+    def __init__(self, gold: np.ndarray, n_boot: int, seed: int, name: str):
+        n = len(gold)
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        self.idx = np.concatenate([np.arange(n)[None], rng.integers(0, n, size=(n_boot, n))])
+        self._gold = _centered_ranks(gold[self.idx])
+
+    def spearman(self, sims: np.ndarray) -> np.ndarray:
+        """(n_boot + 1,) Spearman of ``sims`` (one per pair) against gold, on the split then on each resample."""
+        with np.errstate(invalid="ignore", divide="ignore"):  # a resample of a tiny split can have constant gold
+            return _correlate(_centered_ranks(sims[self.idx]), self._gold)
 
 
-def paired_difference(sim_a, sim_b, sim_t, gold, n_boot: int, rng) -> dict:
-    """(rho_a - rho_b) / rho_teacher in ratio points, its 95% interval over resamples that all three models share,
-    and the share of resamples where A is ahead."""
-    idx = np.concatenate([np.arange(len(gold))[None], rng.integers(0, len(gold), size=(n_boot, len(gold)))])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = [spearman_rows(s[idx], gold[idx]) for s in (sim_a, sim_b, sim_t)]
-        diff = (rho[0] - rho[1]) / rho[2]
-    boot = diff[1:][np.isfinite(diff[1:])]
+def _interval(boot: np.ndarray) -> tuple[np.ndarray, float, float]:
+    boot = boot[np.isfinite(boot)]
     lo, hi = np.percentile(boot, [2.5, 97.5])
-    return {"diff": float(diff[0]), "low": float(lo), "high": float(hi), "p_ahead": float(np.mean(boot > 0)),
+    return boot, float(lo), float(hi)
+
+
+def ratio_stats(rho_s: np.ndarray, rho_t: np.ndarray, target: float) -> dict:
+    """Student/teacher Spearman ratio (row 0), its 95% percentile interval over the paired resamples (rows 1..),
+    and the share of resamples with a ratio >= target."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = rho_s / rho_t
+    boot, lo, hi = _interval(ratio[1:])
+    return {"student": float(rho_s[0]), "teacher": float(rho_t[0]), "ratio": float(ratio[0]), "low": lo,
+            "high": hi, "p_target": float(np.mean(boot >= target)), "resamples": int(len(boot))}
+
+
+def difference_stats(rho_a: np.ndarray, rho_b: np.ndarray, rho_t: np.ndarray) -> dict:
+    """(rho_a - rho_b) / rho_teacher in ratio points (row 0), its 95% interval over the shared resamples, and the
+    share of resamples where A is ahead."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diff = (rho_a - rho_b) / rho_t
+    boot, lo, hi = _interval(diff[1:])
+    return {"diff": float(diff[0]), "low": lo, "high": hi, "p_ahead": float(np.mean(boot > 0)),
             "resamples": int(len(boot))}
 
 
 def report(results, args) -> str:
     import jax
 
-    lines = [f"Paired bootstrap ({args.bootstrap} resamples, seed {args.seed}) of model / teacher Spearman; "
+    lines = [f"Paired bootstrap ({args.bootstrap} resamples per split, seed {args.seed}, shared by all models) of "
+             f"model / teacher Spearman; "
              f"teacher: {args.teacher}; max length {args.max_length}; hardware: "
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__}.", ""]
     for split, n in results["pairs"].items():
@@ -230,6 +270,8 @@ def report(results, args) -> str:
 
 
 def main(argv=None):
+    from bitembed_jax.io.model_dir import read_config
+
     args = parse_args(argv)
     wd = os.path.abspath(args.workdir)
     os.makedirs(wd, exist_ok=True)
@@ -237,18 +279,17 @@ def main(argv=None):
     splits = {name: read_split(path, lo, hi) for name, path, lo, hi in args.splits}
     texts = {t for _, s1, s2 in splits.values() for t in s1 + s2}
     log(f"{len(splits)} splits, {sum(len(g) for g, _, _ in splits.values())} pairs, {len(texts)} distinct sentences")
-    sims = {}
-    for name, model_dir in args.models:
-        table, sc = embeddings(name, model_dir, texts, args, wd), scales(model_dir)
-        sims[name] = {s: {p: similarities(table, s1, s2, p, sc.get(p)) for p in PRECISIONS}
-                      for s, (_, s1, s2) in splits.items()}
-    rng = np.random.default_rng(args.seed)
-    scores = {s: {name: {p: paired_ratio(sims[name][s][p], sims["teacher"][s][p], gold, args.bootstrap,
-                                         args.target, rng) for p in PRECISIONS} for name, _ in args.models}
-              for s, (gold, _, _) in splits.items()}
-    compare = {s: {f"{a}:{b}": {p: paired_difference(sims[a][s][p], sims[b][s][p], sims["teacher"][s][p], gold,
-                                                      args.bootstrap, rng) for p in PRECISIONS}
-                   for a, b in args.compare_pairs} for s, (gold, _, _) in splits.items() if args.compare_pairs}
+    tables = {name: embeddings(name, d, texts, args, wd) for name, d in args.models}
+    metas = {name: read_config(d)[1] for name, d in args.models}
+    rho = {}
+    for s, (gold, s1, s2) in splits.items():
+        boot = Resampled(gold, args.bootstrap, args.seed, s)
+        rho[s] = {name: {p: boot.spearman(similarities(tables[name], s1, s2, p, metas[name])) for p in PRECISIONS}
+                  for name, _ in args.models}
+    scores = {s: {name: {p: ratio_stats(r[name][p], r["teacher"][p], args.target) for p in PRECISIONS}
+                  for name, _ in args.models} for s, r in rho.items()}
+    compare = {s: {f"{a}:{b}": {p: difference_stats(r[a][p], r[b][p], r["teacher"][p]) for p in PRECISIONS}
+                   for a, b in args.compare_pairs} for s, r in rho.items() if args.compare_pairs}
     results = {"pairs": {s: len(g) for s, (g, _, _) in splits.items()}, "scores": scores, "compare": compare,
                "models": dict(args.models), "bootstrap": args.bootstrap, "seed": args.seed}
     text = report(results, args)

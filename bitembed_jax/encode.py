@@ -76,5 +76,5 @@ class Encoder:
         vecs = np.concatenate(out)
         if precision == "fp32" and dim is None:
             return vecs
-        from bitembed_jax.quant.embedding import encode_storage
-        return encode_storage(vecs, precision, dim=dim, scale=self.meta.get("embedding_scales", {}).get(precision))
+        from bitembed_jax.quant.embedding import model_storage
+        return model_storage(vecs, precision, self.meta, dim)

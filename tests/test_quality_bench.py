@@ -34,11 +34,9 @@ def _rows(path):
 
 
 def test_distill_text_adds_train_sentences_without_test_ones(bench, tmp_path):
-    train = tmp_path / "train.jsonl"
     pairs = [{"query": "q1", "positive": "p1"}, {"query": "q2", "positive": "p2"}]
-    train.write_text("".join(json.dumps(r) + "\n" for r in pairs))
     args = bench.parse_args(["--workdir", str(tmp_path), "--distill-text", "stsb,sickr"])
-    rows = _rows(bench.distill_file(args, str(tmp_path), str(train)))
+    rows = _rows(bench.distill_file(args, str(tmp_path), [json.dumps(r) for r in pairs]))
     extra = sorted(r["query"] for r in rows if r not in pairs)
     assert all(r["query"] == r["positive"] for r in rows if r not in pairs)
     assert extra == sorted(["A cat sleeps.", "A cat is asleep.", "Rain.", "A man plays.", "Dogs run."])
@@ -46,10 +44,8 @@ def test_distill_text_adds_train_sentences_without_test_ones(bench, tmp_path):
 
 
 def test_distill_text_one_set_and_bad_name(bench, tmp_path):
-    train = tmp_path / "train.jsonl"
-    train.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n")
     args = bench.parse_args(["--workdir", str(tmp_path), "--distill-text", "sickr"])
-    rows = _rows(bench.distill_file(args, str(tmp_path), str(train)))
+    rows = _rows(bench.distill_file(args, str(tmp_path), [json.dumps({"query": "q", "positive": "p"})]))
     assert sorted(r["query"] for r in rows) == ["A man plays.", "Dogs run.", "q"]
 
 

@@ -18,36 +18,47 @@ def bench():
     return mod
 
 
-def test_spearman_rows_is_scipy_per_row_with_ties(bench):
-    rng = np.random.default_rng(0)
-    sims = rng.integers(0, 6, size=(5, 40)).astype(float)  # many ties
-    gold = rng.normal(size=(5, 40)).round(1)
-    want = [spearmanr(s, g).statistic for s, g in zip(sims, gold)]
-    np.testing.assert_allclose(bench.spearman_rows(sims, gold), want, rtol=1e-12)
+def test_resamples_are_shared_and_fixed_by_seed_and_split_name(bench):
+    gold = np.random.default_rng(0).normal(size=30)
+    a, b = bench.Resampled(gold, 40, 5, "stsb-dev"), bench.Resampled(gold, 40, 5, "stsb-dev")
+    np.testing.assert_array_equal(a.idx, b.idx)
+    np.testing.assert_array_equal(a.idx[0], np.arange(30))  # row 0: the split itself
+    assert a.idx.shape == (41, 30) and not np.array_equal(a.idx, bench.Resampled(gold, 40, 5, "other").idx)
+    assert not np.array_equal(a.idx, bench.Resampled(gold, 40, 6, "stsb-dev").idx)
 
 
-def test_paired_ratio_resamples_both_models_on_the_same_pairs(bench):
+def test_resampled_spearman_is_scipy_on_each_resample(bench):
+    rng = np.random.default_rng(4)
+    gold = rng.normal(size=45).round(1)  # ties
+    sims = rng.integers(0, 8, size=45).astype(float)
+    boot = bench.Resampled(gold, 30, 0, "x")
+    want = [spearmanr(sims[i], gold[i]).statistic for i in boot.idx]
+    np.testing.assert_allclose(boot.spearman(sims), want, rtol=1e-12)
+
+
+def test_ratio_is_scipy_on_the_shared_resamples(bench):
     rng = np.random.default_rng(1)
     gold = rng.normal(size=60)
     teacher, student = gold + rng.normal(size=60), gold + 1.5 * rng.normal(size=60)
-    out = bench.paired_ratio(student, teacher, gold, 300, 0.9, np.random.default_rng(7))
-    idx = np.random.default_rng(7).integers(0, 60, size=(300, 60))
-    ratio = [spearmanr(student[i], gold[i]).statistic / spearmanr(teacher[i], gold[i]).statistic for i in idx]
+    boot = bench.Resampled(gold, 300, 7, "x")
+    out = bench.ratio_stats(boot.spearman(student), boot.spearman(teacher), 0.9)
+    ratio = [spearmanr(student[i], gold[i]).statistic / spearmanr(teacher[i], gold[i]).statistic
+             for i in boot.idx[1:]]
     assert out["ratio"] == pytest.approx(spearmanr(student, gold).statistic / spearmanr(teacher, gold).statistic)
     assert (out["low"], out["high"]) == pytest.approx(tuple(np.percentile(ratio, [2.5, 97.5])))
-    assert out["p_target"] == pytest.approx(np.mean(np.asarray(ratio) >= 0.9))
-    same = bench.paired_ratio(teacher, teacher, gold, 50, 0.95, rng)
+    assert out["p_target"] == pytest.approx(np.mean(np.asarray(ratio) >= 0.9)) and out["resamples"] == 300
+    same = bench.ratio_stats(boot.spearman(teacher), boot.spearman(teacher), 0.95)
     assert same["ratio"] == same["low"] == same["high"] == 1.0 and same["p_target"] == 1.0
 
 
-def test_paired_difference_is_scipy_on_shared_resamples(bench):
+def test_difference_is_scipy_on_the_shared_resamples(bench):
     rng = np.random.default_rng(2)
     gold = rng.normal(size=50)
     a, b, t = (gold + k * rng.normal(size=50) for k in (1.0, 1.6, 0.8))
-    out = bench.paired_difference(a, b, t, gold, 200, np.random.default_rng(3))
-    idx = np.random.default_rng(3).integers(0, 50, size=(200, 50))
+    boot = bench.Resampled(gold, 200, 3, "x")
+    out = bench.difference_stats(*(boot.spearman(s) for s in (a, b, t)))
     rho = lambda s, i: spearmanr(s[i], gold[i]).statistic  # noqa: E731
-    diff = np.asarray([(rho(a, i) - rho(b, i)) / rho(t, i) for i in idx])
+    diff = np.asarray([(rho(a, i) - rho(b, i)) / rho(t, i) for i in boot.idx[1:]])
     whole = np.arange(50)
     assert out["diff"] == pytest.approx((rho(a, whole) - rho(b, whole)) / rho(t, whole))
     assert (out["low"], out["high"]) == pytest.approx(tuple(np.percentile(diff, [2.5, 97.5])))
@@ -105,6 +116,7 @@ def test_scores_match_the_eval_path_and_reruns_use_the_cache(bench, setup, tmp_p
         return np.zeros((len(texts), encoder.cfg.hidden_size), np.float32) + 1.0
 
     monkeypatch.setattr("bitembed_jax.eval.local.embed_texts", counting)
+    (wd / "emb" / "s" / "000001.npz.tmp").write_bytes(b"left by a kill mid-write")
     bench.main(argv)
     assert encoded == [] and json.loads((wd / "results.json").read_text()) == res
     extra = tmp_path / "extra.tsv"
@@ -113,13 +125,23 @@ def test_scores_match_the_eval_path_and_reruns_use_the_cache(bench, setup, tmp_p
     assert sorted(encoded) == sorted(["all new", "new words here"] * 3)  # only the new ones, once per model
 
 
-def test_a_name_keeps_its_model_folder(bench, setup, tmp_path):
+def test_a_name_keeps_its_model_contents(bench, setup, tmp_path):
+    import shutil
+
     student, teacher, tsv = setup
     wd = tmp_path / "wd"
-    (wd).mkdir()
-    (wd / "models.json").write_text(json.dumps({"s": {"dir": os.path.abspath(teacher), "max_length": 128}}))
+    run = lambda folder: bench.main(["--workdir", str(wd), "--teacher", teacher, "--model", f"s={folder}",  # noqa: E731
+                                     "--split", f"a={tsv}", "--bootstrap", "5"])
+    run(student)
     with pytest.raises(SystemExit, match="models.json: s: .* then, .* now"):
-        bench.main(["--workdir", str(wd), "--teacher", teacher, "--model", f"s={student}", "--split", f"a={tsv}"])
+        run(teacher)
+    moved = shutil.copytree(student, tmp_path / "moved")  # the same model elsewhere keeps its cache
+    run(moved)
+    with open(moved / "bitembed_config.json", "a") as f:  # retrained in place: other contents, same folder
+        f.write(" ")
+    with pytest.raises(SystemExit, match="models.json: s: .* then, .* now"):
+        run(moved)
+    assert sorted(os.listdir(wd / "emb" / "s")) == ["000000.npz"]
 
 
 @pytest.mark.parametrize("flags, named", [

@@ -23,9 +23,9 @@ def check_compatible(model_dirs: list[str]):
     """(config, metadata) of the first folder, after every folder is checked against it; fails naming the key."""
     if len(model_dirs) < 2:
         raise ValueError(f"averaging needs at least two model folders, got {len(model_dirs)}")
-    first_cfg, first_meta = read_config(model_dirs[0])
-    for d in model_dirs:
-        cfg, meta = read_config(d)
+    configs = [read_config(d) for d in model_dirs]
+    first_cfg, first_meta = configs[0]
+    for d, (cfg, meta) in zip(model_dirs, configs):
         if meta.get("export"):
             raise ValueError(f"{d} is an export folder (packed ternary weights): average the training model "
                              "folders instead")

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from bitembed_jax.quant.embedding import StoredEmbeddings, encode_storage, similarity
+from bitembed_jax.quant.embedding import StoredEmbeddings, model_storage, similarity
 
 NDCG_K, MRR_K, RECALL_K = 10, 10, 100
 _SCORE_BLOCK = 2 ** 24  # query x corpus scores held at once
@@ -208,12 +208,6 @@ def embed_texts(encoder, texts, *, batch_size: int, prompt: str = "") -> np.ndar
     return out
 
 
-def storage(encoder, vecs: np.ndarray, precision: str, dim: int | None):
-    """Stored vectors as ``Encoder.encode`` makes them (with the model's calibrated scale, if any)."""
-    scales = getattr(encoder, "meta", {}).get("embedding_scales", {})
-    return encode_storage(vecs, precision, dim=dim, scale=scales.get(precision))
-
-
 def _point(precision, dim, full_dim, stored, n_vectors) -> dict:
     return {"precision": precision, "dim": dim or full_dim, "bytes_per_vector": stored.nbytes_per_vector,
             "n_vectors": n_vectors, "index_bytes": stored.nbytes_per_vector * n_vectors}
@@ -227,9 +221,9 @@ def evaluate_retrieval(encoder, data: RetrievalData, precisions, dims=(None,), *
     rows = []
     for dim in dims:
         for p in precisions:
-            stored = storage(encoder, docs, p, dim)
-            scores = retrieval_scores(storage(encoder, queries, p, dim), stored, data.query_ids, data.corpus_ids,
-                                      data.qrels)
+            stored = model_storage(docs, p, encoder.meta, dim)
+            scores = retrieval_scores(model_storage(queries, p, encoder.meta, dim), stored, data.query_ids,
+                                      data.corpus_ids, data.qrels)
             rows.append({"dataset": data.name, "metric": f"ndcg_at_{NDCG_K}", "score": scores[f"ndcg_at_{NDCG_K}"],
                          **scores, **_point(p, dim, docs.shape[1], stored, len(docs))})
     return rows
@@ -243,7 +237,7 @@ def evaluate_sts(encoder, data: StsData, precisions, dims=(None,), *, batch_size
     rows = []
     for dim in dims:
         for p in precisions:
-            sa, sb = storage(encoder, a, p, dim), storage(encoder, b, p, dim)
+            sa, sb = model_storage(a, p, encoder.meta, dim), model_storage(b, p, encoder.meta, dim)
             rho = sts_spearman(sa, sb, data.scores)
             rows.append({"dataset": data.name, "metric": "spearman", "score": rho, "spearman": rho,
                          **_point(p, dim, a.shape[1], sa, 2 * len(a))})

@@ -27,8 +27,8 @@ from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
 from bitembed_jax.data.pipeline import DEFAULT_QUERY_TEMPLATE
-from bitembed_jax.eval.local import embed_texts, storage
-from bitembed_jax.quant.embedding import PRECISIONS, decode_storage
+from bitembed_jax.eval.local import embed_texts
+from bitembed_jax.quant.embedding import PRECISIONS, decode_storage, model_storage
 
 MEAN = "mteb mean"  # the dataset name of the rows averaging all tasks
 
@@ -117,7 +117,7 @@ class MTEBEncoder(AbsEncoder):
         vecs = self._fp32(texts, self.prefix(task_metadata, prompt_type))
         if self.precision == "fp32" and self.dim is None:
             return vecs
-        return decode_storage(storage(self.encoder, vecs, self.precision, self.dim))
+        return decode_storage(model_storage(vecs, self.precision, self.encoder.meta, self.dim))
 
 
 def resolve_tasks(benchmark: str | None = None, tasks=None) -> list:

@@ -200,6 +200,12 @@ def encode_storage(e: np.ndarray, precision: str, dim: int | None = None,
     return StoredEmbeddings(codes, s.astype(np.float32), precision, d)
 
 
+def model_storage(e: np.ndarray, precision: str, meta: dict, dim: int | None = None) -> StoredEmbeddings:
+    """``encode_storage`` with the global scale a model folder's metadata (bitembed_config.json) calibrated for
+    ``precision``, if any: the stored form of that model's vectors wherever they are made."""
+    return encode_storage(e, precision, dim=dim, scale=meta.get("embedding_scales", {}).get(precision))
+
+
 def _int_codes(st: StoredEmbeddings) -> np.ndarray:
     """Signed integer codes (n, dim) int8 of an int-format StoredEmbeddings."""
     if st.precision == "int8":
