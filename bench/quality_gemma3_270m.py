@@ -37,7 +37,9 @@ DIR`` starts the ablation from an earlier ablation model, and ``--no-student`` s
 average``) on the workdir's split next to the teacher; it can be added to a finished workdir.
 
 A workdir keeps the options it was started with (WORKDIR/args.json): a rerun with different ones stops with
-the differing options named, since finished stages would otherwise be reused under the new options.
+the differing options named, since finished stages would otherwise be reused under the new options. Each
+evaluation (WORKDIR/eval_NAME.json) records a hash of its model folder's contents, and is reused only for a
+folder with the same contents (a copied teacher, say), never for a model retrained in place.
 
 Prints markdown tables (scores, student/teacher ratios, bytes per vector, wall time per stage); the same
 goes to WORKDIR/report.md. Training data order, split and initialisation are fixed by ``--seed``.
@@ -268,11 +270,17 @@ def run_train(config_file, overrides, workdir, stage_log):
 
 def evaluate(model_dir, held, args, cache):
     """Rows of eval.local for one model, cached as JSON (the slow part of a resumed run is skipped)."""
+    from bitembed_jax.io.model_dir import fingerprint
+
+    want = fingerprint(model_dir)
     if os.path.exists(cache):
         with open(cache) as f:
             out = json.load(f)
-        if out.get("model", model_dir) != model_dir:
-            raise SystemExit(f"{cache} holds the figures of {out['model']}, not {model_dir}: use another NAME")
+        # the same contents anywhere (a copied teacher); a cache from before contents were recorded: the same path
+        same = out["fingerprint"] == want if "fingerprint" in out else out.get("model", model_dir) == model_dir
+        if not same:
+            raise SystemExit(f"{cache} holds the figures of {out.get('model')} with other contents than {model_dir} "
+                             "has now: use another NAME, or move the file aside to evaluate again")
         return out
     from bitembed_jax.encode import Encoder
     from bitembed_jax.eval.local import RetrievalData, evaluate_retrieval, evaluate_sts, read_sts
@@ -286,7 +294,7 @@ def evaluate(model_dir, held, args, cache):
         sts = read_sts(os.path.join(SHARED, name, "sts.tsv"), limit=limit)
         sts.name = name
         rows += evaluate_sts(enc, sts, PRECISIONS)
-    out = {"rows": rows, "seconds": time.perf_counter() - t0, "model": model_dir}
+    out = {"rows": rows, "seconds": time.perf_counter() - t0, "model": model_dir, "fingerprint": want}
     write_text_atomic(cache, json.dumps(out, indent=1))
     return out
 

@@ -24,7 +24,6 @@ is refused. Prints markdown tables; the same goes to WORKDIR/report.md and the f
 """
 import argparse
 import glob
-import hashlib
 import json
 import os
 import platform
@@ -105,22 +104,10 @@ def parse_args(argv=None):
     return args
 
 
-def fingerprint(model_dir: str) -> str:
-    """sha256 of a model folder's file names and contents: what its vectors depend on, wherever it lies."""
-    h = hashlib.sha256()
-    for root, dirs, files in os.walk(model_dir):
-        dirs.sort()
-        for name in sorted(files):
-            path = os.path.join(root, name)
-            h.update(os.path.relpath(path, model_dir).encode() + b"\0")
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-    return h.hexdigest()
-
-
 def check_models(args, wd):
     """Each name keeps its first model (by contents) and max length, so a cache never mixes two models' vectors."""
+    from bitembed_jax.io.model_dir import fingerprint
+
     path = os.path.join(wd, "models.json")
     seen = {}
     if os.path.exists(path):

@@ -119,3 +119,22 @@ def test_encode_from_a_remote_training_workdir(bucket, tiny_qwen3, tmp_path):
     assert main(["encode", "--model", str(bucket / "run"), "--input", str(texts), "--out", out]) == 0
     assert np.load(out).shape[0] == 2
     assert os.listdir(os.path.join(paths.cache_root(), "models"))
+
+
+def test_fingerprint_follows_names_and_contents_not_location(tmp_path):
+    import shutil
+
+    fingerprint = model_dir.fingerprint
+    a = tmp_path / "a"
+    (a / "params").mkdir(parents=True)
+    (a / "bitembed_config.json").write_text("{}")
+    (a / "params" / "w").write_bytes(b"\0" * (3 << 20))  # over one read block
+    fp = fingerprint(str(a))
+    assert fingerprint(str(shutil.copytree(a, tmp_path / "b"))) == fp
+    (a / "params" / "w").write_bytes(b"\0" * (3 << 20) + b"\1")
+    assert fingerprint(str(a)) != fp
+    (a / "params" / "w").write_bytes(b"\0" * (3 << 20))
+    (a / "params" / "w").rename(a / "params" / "v")  # the same bytes under another name
+    assert fingerprint(str(a)) != fp
+    with pytest.raises(FileNotFoundError, match="no/such: not a folder"):
+        fingerprint(str(tmp_path / "no" / "such"))

@@ -192,8 +192,22 @@ def test_bad_eval_model_stops_before_the_workdir_is_made(bench, tmp_path, capsys
 
 
 def test_an_eval_cache_is_never_reused_for_another_model(bench, tmp_path):
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, text in ((a, "model a"), (b, "model b")):
+        d.mkdir()
+        (d / "bitembed_config.json").write_text(text)
     cache = tmp_path / "eval_soup.json"
-    cache.write_text(json.dumps({"rows": [], "model": "/runs/a"}))
-    assert bench.evaluate("/runs/a", {}, None, str(cache)) == {"rows": [], "model": "/runs/a"}
-    with pytest.raises(SystemExit, match="holds the figures of /runs/a, not /runs/b"):
-        bench.evaluate("/runs/b", {}, None, str(cache))
+    cache.write_text(json.dumps({"rows": [], "model": str(a)}))  # written before contents were recorded: by path
+    assert bench.evaluate(str(a), {}, None, str(cache)) == {"rows": [], "model": str(a)}
+    with pytest.raises(SystemExit, match=f"holds the figures of {a} with other contents than {b}"):
+        bench.evaluate(str(b), {}, None, str(cache))
+    from bitembed_jax.io.model_dir import fingerprint
+
+    cache.write_text(json.dumps({"rows": [], "model": str(a), "fingerprint": fingerprint(str(a))}))
+    moved = shutil.copytree(a, tmp_path / "moved")  # the same model elsewhere: its figures stand
+    assert bench.evaluate(str(moved), {}, None, str(cache))["rows"] == []
+    (a / "bitembed_config.json").write_text("model a, retrained in place")
+    with pytest.raises(SystemExit, match=f"holds the figures of {a} with other contents than {a} has now"):
+        bench.evaluate(str(a), {}, None, str(cache))

@@ -3,6 +3,7 @@
 Written to a temporary sibling and renamed into place, so a folder is never
 half-written; an existing non-empty folder is only replaced with ``overwrite``.
 """
+import hashlib
 import json
 import os
 import shutil
@@ -105,3 +106,20 @@ def load_model_dir(model_dir: str, **overrides):
     target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat_params(abs_state).items()}
     values = ocp.StandardCheckpointer().restore(os.path.join(model_dir, PARAMS_DIR), target)
     return nnx.merge(graphdef, fill_state(abs_state, values)), cfg
+
+
+def fingerprint(model_dir: str) -> str:
+    """sha256 of a folder's file names and contents: what its model's outputs depend on, wherever it lies, so a
+    cache of those outputs can tell a moved copy (the same) from a model retrained in place (another)."""
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"{model_dir}: not a folder")
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(model_dir):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            h.update(os.path.relpath(path, model_dir).encode() + b"\0")
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
