@@ -29,6 +29,13 @@ def _encode(args):
     empty = [i + 1 for i, t in enumerate(texts) if not t.strip()]
     if empty:
         raise SystemExit(f"{args.input}: empty line(s) {empty[:10]}: one text per line expected")
+    # numpy would append its own suffix to any other name, and the file would not be where we say it is
+    suffix = ".npy" if args.precision == "fp32" and args.dim is None else ".npz"
+    if not args.out.endswith(suffix):
+        what = ("float32 vectors are an .npy array" if suffix == ".npy" else
+                f"{args.precision} vectors{' cut to --dim' if args.dim else ''} are an .npz archive (codes, scale, "
+                "precision, dim)")
+        raise SystemExit(f"--out {args.out}: {what}; name the file *{suffix}")
     if not args.overwrite and os.path.exists(args.out):
         raise SystemExit(f"{args.out} exists; pass --overwrite to replace it")
     enc = Encoder.from_pretrained(args.model, max_length=args.max_length)
@@ -124,10 +131,10 @@ def build_parser():
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(func=_convert)
 
-    e = sub.add_parser("encode", help="embed one text per line of a file into a .npy array")
+    e = sub.add_parser("encode", help="embed one text per line of a file into a .npy array (.npz for codes)")
     e.add_argument("--model", required=True)
     e.add_argument("--input", required=True)
-    e.add_argument("--out", required=True, help=".npy of float32 vectors; for int*/binary an .npz with codes + scales")
+    e.add_argument("--out", required=True, help="FILE.npy of float32 vectors; FILE.npz of codes + scales for int*/binary or --dim")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--max-length", type=int, default=512)
     e.add_argument("--prompt", default=None, help="prefix for every text (e.g. a query instruction)")

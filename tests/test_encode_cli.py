@@ -1,4 +1,6 @@
 """Encoder API and the convert / encode commands, as a user runs them."""
+import re
+
 import numpy as np
 import pytest
 
@@ -76,3 +78,18 @@ def test_cli_encode_quantized_keeps_scales(encoder_dir, tmp_path):
     want = encode_storage(Encoder.from_pretrained(encoder_dir).encode(TEXTS), "int4")
     np.testing.assert_array_equal(st.codes, want.codes)
     np.testing.assert_allclose(decode_storage(st), decode_storage(want), atol=1e-5)
+
+
+@pytest.mark.parametrize("out, flags, named", [
+    ("vecs.npy", ["--precision", "int8"], "int8 vectors are an .npz archive"),
+    ("vecs.npz", [], "float32 vectors are an .npy array; name the file *.npy"),
+    ("vecs", ["--precision", "binary"], "name the file *.npz"),
+    ("vecs.npy", ["--dim", "32"], "fp32 vectors cut to --dim are an .npz archive"),
+])
+def test_cli_encode_refuses_an_out_name_numpy_would_change(tmp_path, capsys, out, flags, named):
+    inp = tmp_path / "texts.txt"
+    inp.write_text("\n".join(TEXTS) + "\n")
+    with pytest.raises(SystemExit, match=re.escape(named)):  # before any model is read: the folder does not exist
+        main(["encode", "--model", str(tmp_path / "no-model"), "--input", str(inp), "--out", str(tmp_path / out),
+              *flags])
+    assert not list(tmp_path.glob("vecs*"))

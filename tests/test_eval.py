@@ -217,3 +217,13 @@ def test_bad_options_fail_before_work(models, tmp_path):
     with pytest.raises(ValueError, match=r"--dims: dim must be in 1\.\.64"):
         run_cli(["--model", models[0], "--sts", str(write_sts(tmp_path / "p.tsv")), "--dims", "128",
                  "--output", str(tmp_path / "o")])
+
+
+def test_the_shipped_sample_sts_file_is_what_the_readme_evaluates():
+    path = os.path.join(os.path.dirname(__file__), "..", "bitembed_jax", "data", "sample", "sts.tsv")
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8") as f:
+        assert "--sts bitembed_jax/data/sample/sts.tsv" in f.read()
+    data = local.read_sts(path)
+    pairs = list(zip(data.s1, data.s2))
+    assert len(pairs) == 36 and len(set(pairs)) == 36 and all(a != b for a, b in pairs)
+    assert data.scores.min() == 0.0 and data.scores.max() == 5.0
