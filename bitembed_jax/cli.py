@@ -134,7 +134,8 @@ def build_parser():
     e = sub.add_parser("encode", help="embed one text per line of a file into a .npy array (.npz for codes)")
     e.add_argument("--model", required=True)
     e.add_argument("--input", required=True)
-    e.add_argument("--out", required=True, help="FILE.npy of float32 vectors; FILE.npz of codes + scales for int*/binary or --dim")
+    e.add_argument("--out", required=True,
+                   help="FILE.npy of float32 vectors; FILE.npz of codes + scales for int*/binary or --dim")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--max-length", type=int, default=512)
     e.add_argument("--prompt", default=None, help="prefix for every text (e.g. a query instruction)")
