@@ -45,10 +45,7 @@ def _encode(args):
         np.save(args.out, vecs)
         print(f"wrote {vecs.shape} float32 vectors to {args.out}")
         return
-    # quantized codes are only meaningful with their scales: keep everything needed to score them
-    scale = np.asarray([] if vecs.scale is None else vecs.scale, np.float32)
-    with open(args.out, "wb") as f:
-        np.savez(f, codes=vecs.codes, scale=scale, precision=vecs.precision, dim=vecs.dim)
+    vecs.save(args.out)  # codes with their scales: everything needed to score them (StoredEmbeddings.load)
     print(f"wrote {len(vecs)} {args.precision} vectors ({vecs.nbytes_per_vector} bytes each: codes {vecs.codes.shape} "
           f"{vecs.codes.dtype} + scales) to {args.out} (numpy .npz)")
 

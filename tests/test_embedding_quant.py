@@ -165,3 +165,30 @@ def test_bad_precision():
     with pytest.raises(ValueError):
         encode_storage(np.ones((2, 4)), "binary", scale=1.0)
     assert isinstance(encode_storage(np.ones((2, 4)), "fp32"), StoredEmbeddings)
+
+
+@pytest.mark.parametrize("precision, scale", [(p, None) for p in PRECISIONS] + [(p, 0.05) for p in INT])
+def test_save_load_is_exact(tmp_path, precision, scale):
+    e = np.random.default_rng(3).normal(size=(7, 37)).astype(np.float32)
+    st = encode_storage(e, precision, scale=scale)
+    st.save(str(tmp_path / "v.npz"))
+    back = StoredEmbeddings.load(str(tmp_path / "v.npz"))
+    assert (back.precision, back.dim, back.per_vector_scale) == (st.precision, st.dim, st.per_vector_scale)
+    np.testing.assert_array_equal(back.codes, st.codes)
+    assert (back.scale is None) == (st.scale is None)
+    if st.scale is not None:
+        np.testing.assert_array_equal(back.scale, st.scale)
+    np.testing.assert_array_equal(similarity(back, back), similarity(st, st))
+
+
+def test_load_names_what_is_wrong(tmp_path):
+    np.savez(tmp_path / "other.npz", vecs=np.zeros((2, 4)))
+    with pytest.raises(ValueError, match=r"other.npz: not a stored-embeddings archive \(missing \['codes'"):
+        StoredEmbeddings.load(str(tmp_path / "other.npz"))
+    st = encode_storage(np.ones((3, 16), np.float32), "int4")
+    np.savez(tmp_path / "cut.npz", codes=st.codes[:, :5], scale=st.scale, precision="int4", dim=16)
+    with pytest.raises(ValueError, match=r"cut.npz: codes uint8 \(3, 5\) do not hold int4 vectors of dim 16"):
+        StoredEmbeddings.load(str(tmp_path / "cut.npz"))
+    np.savez(tmp_path / "scale.npz", codes=st.codes, scale=st.scale[:2], precision="int4", dim=16)
+    with pytest.raises(ValueError, match=r"scale.npz: scale of shape \(2,\) for 3 int4 vectors"):
+        StoredEmbeddings.load(str(tmp_path / "scale.npz"))

@@ -73,8 +73,7 @@ def test_cli_encode_quantized_keeps_scales(encoder_dir, tmp_path):
     inp.write_text("\n".join(TEXTS) + "\n")
     out = tmp_path / "vecs.npz"
     assert main(["encode", "--model", encoder_dir, "--input", str(inp), "--out", str(out), "--precision", "int4"]) == 0
-    d = np.load(out)
-    st = StoredEmbeddings(codes=d["codes"], scale=d["scale"], precision=str(d["precision"]), dim=int(d["dim"]))
+    st = StoredEmbeddings.load(str(out))
     want = encode_storage(Encoder.from_pretrained(encoder_dir).encode(TEXTS), "int4")
     np.testing.assert_array_equal(st.codes, want.codes)
     np.testing.assert_allclose(decode_storage(st), decode_storage(want), atol=1e-5)

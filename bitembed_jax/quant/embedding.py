@@ -113,6 +113,32 @@ class StoredEmbeddings:
     def __len__(self) -> int:
         return self.codes.shape[0]
 
+    def save(self, path: str) -> None:
+        """A numpy .npz (codes, scale, precision, dim), as ``bitembed-jax encode`` writes; no pickled objects."""
+        with open(path, "wb") as f:  # a file object: numpy leaves the name as given
+            np.savez(f, codes=self.codes, scale=np.asarray([] if self.scale is None else self.scale, np.float32),
+                     precision=self.precision, dim=self.dim)
+
+    @classmethod
+    def load(cls, path: str) -> "StoredEmbeddings":
+        """What ``save`` (or ``bitembed-jax encode --precision ...``) wrote, checked against the format."""
+        with np.load(path, allow_pickle=False) as z:
+            missing = sorted({"codes", "scale", "precision", "dim"} - set(z.files))
+            if missing:
+                raise ValueError(f"{path}: not a stored-embeddings archive (missing {missing})")
+            precision, dim, codes, scale = str(z["precision"]), int(z["dim"]), z["codes"], z["scale"]
+        _check(precision)
+        dtype = np.dtype({"fp32": np.float32, "int8": np.int8}.get(precision, np.uint8))
+        width = bytes_per_vector(precision, dim, per_vector_scale=False) // dtype.itemsize
+        if codes.dtype != dtype or codes.ndim != 2 or codes.shape[1] != width:
+            raise ValueError(f"{path}: codes {codes.dtype} {codes.shape} do not hold {precision} vectors of dim {dim} "
+                             f"({dtype} (n, {width}))")
+        if precision in ("fp32", "binary"):
+            scale = None
+        elif scale.shape not in ((), (len(codes),)):
+            raise ValueError(f"{path}: scale of shape {scale.shape} for {len(codes)} {precision} vectors")
+        return cls(codes, scale, precision, dim)
+
 
 def bytes_per_vector(precision: str, dim: int, per_vector_scale: bool = True) -> int:
     """Stored bytes for one ``dim``-dim vector: fp32 4*dim, int8 dim, int4 ceil(dim/2),
