@@ -79,3 +79,4 @@ def test_sigterm_saves_and_stops(bitnet_dir, tmp_path):
     assert proc.returncode == 0, err[-2000:]
     saved = finished_steps(wd)
     assert saved and saved[-1] < 400 and f"SIGTERM: saved step {saved[-1]}" in out
+    assert err.count("SIGTERM: stopping after the current step and its checkpoint") == 1

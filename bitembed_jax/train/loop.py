@@ -2,6 +2,7 @@
 import os
 import re
 import signal
+import sys
 import time
 
 import jax
@@ -171,6 +172,8 @@ class _Preemption:
         self._old = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, *_):
+        if not self.requested:  # a step plus a checkpoint of a real model takes a while: say what is coming
+            print("SIGTERM: stopping after the current step and its checkpoint", file=sys.stderr, flush=True)
         self.requested = True
 
     def restore(self):
