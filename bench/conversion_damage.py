@@ -64,7 +64,7 @@ def main(argv=None):
                 return_tensors="np")
         batches.append((jnp.asarray(b["input_ids"]), jnp.asarray(b["attention_mask"])))
 
-    factors, calib, names = {}, {}, {}
+    factors, calib = {}, {}
 
     def linear(self, x):
         w = self.kernel[...]

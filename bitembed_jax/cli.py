@@ -115,7 +115,8 @@ def build_parser():
     p = argparse.ArgumentParser(prog="bitembed-jax", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("convert", help="import a local Hugging Face checkpoint folder or GGUF file into a bitembed-jax model")
+    c = sub.add_parser("convert",
+                       help="import a local Hugging Face checkpoint folder or GGUF file into a bitembed-jax model")
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("--hf", help="local HF folder (config.json + safetensors or pytorch_model.bin)")
     src.add_argument("--gguf", help="a GGUF file (read and dequantized by transformers; needs the gguf package)")

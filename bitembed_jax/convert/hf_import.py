@@ -159,7 +159,8 @@ def plan_import(src: TensorSource, cfg: ModelConfig, abs_shapes: dict):
     if missing or unexpected:
         msg = [f"{src.path}: tensors do not match a {cfg.arch} model with {cfg.num_layers} layers"]
         if missing:
-            msg.append(f"missing tensors ({len(missing)}): {', '.join(missing[:20])}" + (" ..." if len(missing) > 20 else ""))
+            msg.append(f"missing tensors ({len(missing)}): {', '.join(missing[:20])}"
+                       + (" ..." if len(missing) > 20 else ""))
         if unexpected:
             msg.append(f"unexpected tensors ({len(unexpected)}): {', '.join(unexpected[:20])}"
                        + (" ..." if len(unexpected) > 20 else ""))
