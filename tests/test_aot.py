@@ -34,6 +34,27 @@ def test_aot_reports_does_not_fit(tiny_qwen3, capsys):
     assert "DOES NOT FIT" in capsys.readouterr().out
 
 
+def test_aot_names_the_topology_libtpu_refuses(capsys):
+    """libtpu answers for a topology it cannot lay out: one line with its reason, and no hint to install it."""
+    assert main(["aot", "--config", os.path.join(ROOT, "configs", "quickstart.py"), "--topology", "v5e:16x17"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and err[0].startswith("error: --topology v5e:16x17: INVALID_ARGUMENT: ")
+    assert "not divisible" in err[0] and "pip install" not in err[0]
+
+
+def test_aot_hints_at_libtpu_only_when_it_is_missing(monkeypatch):
+    from jax.experimental import topologies
+
+    from bitembed_jax.train.aot import topology_devices
+
+    def missing(**_):  # what jax raises when it finds no libtpu
+        raise RuntimeError("JAX TPU support not installed; cannot generate TPU topology.")
+
+    monkeypatch.setattr(topologies, "get_topology_desc", missing)
+    with pytest.raises(RuntimeError, match=r'--topology v5e:2x2: JAX TPU support .*pip install "jax\[tpu\]"'):
+        topology_devices("v5e:2x2")
+
+
 def test_aot_with_gradual_quantization_reports_the_larger_program(tiny_qwen3, monkeypatch):
     """The warmup program (float fake-quantized matmuls) is compiled too, and the report takes the larger."""
     from bitembed_jax.config_loader import apply_overrides, load_config_file

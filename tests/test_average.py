@@ -43,8 +43,8 @@ def models(tiny_qwen3, tmp_path_factory):
     noise = jax.tree.map(lambda x: x + 0.01 * jax.random.normal(jax.random.key(1), x.shape, x.dtype), state)
     nnx.update(model, noise)
     _, meta = read_config(a)
-    b = save_model_dir(str(root / "b"), model, cfg, tokenizer_dir=a, extra={k: v for k, v in meta.items()
-                                                                              if k != "model"})
+    b = save_model_dir(str(root / "b"), model, cfg, tokenizer_dir=a,
+                       extra={k: v for k, v in meta.items() if k != "model"})
     return a, b, convert(tiny_qwen3, str(root / "fp"), mode="fp")
 
 
@@ -98,3 +98,31 @@ def test_bad_input_is_refused_before_writing(models, tmp_path, capsys, case, nam
         assert (out / "keep.txt").read_text() == "mine"
     else:
         assert not out.exists()
+
+
+@pytest.mark.parametrize("case, named", [
+    ("first", "--out {a} is one of the --model inputs; average into another folder"),
+    ("second", "--out {b} is one of the --model inputs; average into another folder"),
+    ("link", "--out {tmp}/link is one of the --model inputs; average into another folder"),
+    ("inside", "--out {a}/soup overlaps the --model input {a}; average into another folder"),
+    ("holds", "--out {tmp} overlaps the --model input {tmp}/w; average into another folder"),
+    ("workdir", "--out {tmp}/w/model is one of the --model inputs; average into another folder"),
+])
+def test_out_that_is_an_input_is_refused_before_anything_is_read(models, tmp_path, capsys, monkeypatch, case,
+                                                                 named):
+    """With --overwrite, an --out that is (or holds, or lies in) an input would replace it after the average."""
+    from bitembed_jax.convert import average
+
+    a, b, _ = models
+    work = tmp_path / "w"
+    shutil.copytree(b, work / "model")  # a training workdir: its model is w/model
+    (tmp_path / "link").symlink_to(a)
+    out = {"first": a, "second": b, "link": str(tmp_path / "link"), "inside": os.path.join(a, "soup"),
+           "holds": str(tmp_path), "workdir": str(work / "model")}[case]
+    second = str(work) if case in ("holds", "workdir") else b
+    before = {p: os.path.getmtime(p) for p in (a, b, work / "model")}
+    monkeypatch.setattr(average, "read_config", lambda *_: pytest.fail("an input was read"))
+    assert main(["average", "--model", a, "--model", second, "--out", out, "--overwrite"]) == 2
+    assert capsys.readouterr().err == f"error: {named.format(a=a, b=b, tmp=tmp_path)}\n"
+    assert before == {p: os.path.getmtime(p) for p in before} and not os.path.exists(os.path.join(a, "soup"))
+    assert os.path.exists(os.path.join(a, "params")) and os.path.exists(os.path.join(b, "params"))

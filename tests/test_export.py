@@ -282,6 +282,7 @@ def test_push_to_hub_sends_the_folder_and_never_the_token(ckpts, tmp_path, monke
 
     cli_hub = FakeHub()
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: cli_hub)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the tests run offline
     parser = argparse.ArgumentParser()
     add_export_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["export", "--checkpoint", ckpts["qwen3"], "--out", str(tmp_path / "cli"),
@@ -296,3 +297,25 @@ def test_push_to_hub_sends_the_folder_and_never_the_token(ckpts, tmp_path, monke
         for root, _, names in os.walk(folder):
             for n in names:
                 assert secret.encode() not in open(os.path.join(root, n), "rb").read()
+
+
+@pytest.mark.parametrize("offline, token, named", [
+    (True, "hf_SECRET_token_value_123", "--push-to-hub needs the Hugging Face Hub, but HF_HUB_OFFLINE is set"),
+    (False, None, "--push-to-hub: no Hugging Face token (set HF_TOKEN or run `hf auth login`)"),
+])
+def test_push_to_hub_without_the_hub_is_refused_before_packing(ckpts, tmp_path, monkeypatch, capsys, offline, token,
+                                                               named):
+    import huggingface_hub
+
+    from bitembed_jax.cli import main
+    from bitembed_jax.export import hf_export
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: token)
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: pytest.fail("the hub was called"))
+    monkeypatch.setattr(hf_export, "load_model_dir", lambda *a, **k: pytest.fail("the export was packed"))
+    out = tmp_path / "hf"
+    assert main(["export", "--checkpoint", ckpts["qwen3"], "--out", str(out), "--push-to-hub", "org/x"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"error: {named}\n" and "hf_SECRET" not in captured.out + captured.err
+    assert not out.exists() and not list(tmp_path.iterdir())

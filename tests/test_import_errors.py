@@ -43,7 +43,8 @@ def test_missing_and_unexpected_tensors(tiny_qwen3, tmp_path):
 def test_shape_mismatch(tiny_gemma3, tmp_path):
     p = _copy(tiny_gemma3, tmp_path)
     _edit_config(p, intermediate_size=96)
-    with pytest.raises(CheckpointImportError, match=r"layers.0.mlp.gate_proj.weight has shape \(128, 64\), expected \(96, 64\)"):
+    with pytest.raises(CheckpointImportError,
+                       match=r"layers.0.mlp.gate_proj.weight has shape \(128, 64\), expected \(96, 64\)"):
         import_hf(str(p))
 
 
@@ -99,3 +100,22 @@ def test_convert_refuses_overwrite_and_is_atomic(tiny_qwen3, tmp_path):
         convert(str(bad), str(out), overwrite=True)
     assert (out / "keep.txt").read_text() == "user data"
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("keep, named", [
+    ((), r"ckpt: no tokenizer files \(tokenizer.json / tokenizer_config.json\); a model folder needs its tokenizer"),
+    (("tokenizer.json",), r"ckpt: incomplete tokenizer \(only tokenizer.json\); a model folder needs "
+                          r"tokenizer_config.json"),
+])
+def test_convert_refuses_a_folder_without_its_tokenizer(tiny_qwen3, tmp_path, monkeypatch, keep, named):
+    from bitembed_jax.convert import hf_import
+    from bitembed_jax.io.model_dir import TOKENIZER_FILES
+
+    p = _copy(tiny_qwen3, tmp_path)
+    for name in set(TOKENIZER_FILES) - set(keep):
+        if (p / name).exists():
+            os.remove(p / name)
+    monkeypatch.setattr(hf_import, "TensorSource", lambda *_: pytest.fail("the weights were read"))
+    with pytest.raises(CheckpointImportError, match=named):
+        convert(str(p), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -41,6 +41,18 @@ def check_compatible(model_dirs: list[str]):
     return first_cfg, first_meta
 
 
+def check_out_apart(model_args: list[str], out_dir: str):
+    """Refuse an ``out_dir`` that is, holds or lies inside a --model folder (as given, or the model folder a
+    training workdir stands for): writing it would replace or change an input."""
+    dst = os.path.realpath(out_dir)
+    inputs = [(given, os.path.realpath(src)) for given in model_args for src in (given, resolve_model_dir(given))]
+    if any(src == dst for _, src in inputs):
+        raise ValueError(f"--out {out_dir} is one of the --model inputs; average into another folder")
+    for given, src in inputs:
+        if os.path.commonpath([src, dst]) in (src, dst):
+            raise ValueError(f"--out {out_dir} overlaps the --model input {given}; average into another folder")
+
+
 def average_params(model_dirs: list[str], target: dict, weights: list[float]) -> dict:
     """{path: weighted mean} over the folders' params, accumulated in float64 and cast back to each leaf's dtype."""
     ckpt = ocp.StandardCheckpointer()
@@ -57,6 +69,7 @@ def average_models(model_dirs: list[str], out_dir: str, *, weights: list[float] 
     """Write the (weighted) mean of ``model_dirs`` to ``out_dir`` with the first folder's tokenizer."""
     import jax
 
+    check_out_apart(model_dirs, out_dir)  # before anything is read: --overwrite would replace an input
     model_dirs = [os.path.abspath(resolve_model_dir(d)) for d in model_dirs]
     weights = [1.0] * len(model_dirs) if weights is None else [float(w) for w in weights]
     if len(weights) != len(model_dirs) or min(weights) < 0 or sum(weights) <= 0:

@@ -13,7 +13,7 @@ import numpy as np
 from flax import nnx
 
 from bitembed_jax.convert.name_maps import IGNORED_NAMES, IGNORED_SUFFIXES, PREFIXES, TRANSFORMS, expand
-from bitembed_jax.io.model_dir import abstract_model, check_writable, save_model_dir
+from bitembed_jax.io.model_dir import TOKENIZER_FILES, abstract_model, check_writable, save_model_dir
 from bitembed_jax.io.state_paths import fill_state, flat_params
 from bitembed_jax.models import ModelConfig
 
@@ -41,7 +41,7 @@ def model_config_from_hf(hf: dict, config_path: str = "config.json", **encoder_o
     mtype = hf.get("model_type")
     if mtype not in SUPPORTED:
         raise CheckpointImportError(f"{config_path}: model_type {mtype!r} is not supported; "
-                           f"supported model types: {', '.join(sorted(SUPPORTED))}")
+                                    f"supported model types: {', '.join(sorted(SUPPORTED))}")
     arch = SUPPORTED[mtype]
     n = hf["num_hidden_layers"]
     theta, rtype, factor = _rope(hf, "full_attention")
@@ -172,7 +172,7 @@ def plan_import(src: TensorSource, cfg: ModelConfig, abs_shapes: dict):
         if got != tuple(want):
             want_hf = tuple(reversed(want)) if transform == "transpose" else tuple(want)
             raise CheckpointImportError(f"{src.where[hf_name]}: tensor {hf_name} has shape {tuple(shape)}, "
-                               f"expected {want_hf} from config.json")
+                                        f"expected {want_hf} from config.json")
     return [(h, o, t) for h, (o, t) in expected.items()]
 
 
@@ -215,8 +215,24 @@ def import_hf(path: str, **encoder_opts):
     return import_from_source(cfg, TensorSource(path))
 
 
+def check_tokenizer_files(path: str):
+    """The tokenizer files copied into the model folder: encode and export read its tokenizer_config.json, and
+    AutoTokenizer a vocabulary beside it; without them the model folder would fail later, in training or encode."""
+    have = [n for n in TOKENIZER_FILES if os.path.exists(os.path.join(path, n))]
+    if "tokenizer_config.json" in have and {"tokenizer.json", "tokenizer.model", "vocab.json"} & set(have):
+        return
+    if not have:
+        raise CheckpointImportError(f"{path}: no tokenizer files (tokenizer.json / tokenizer_config.json); "
+                                    "a model folder needs its tokenizer")
+    raise CheckpointImportError(f"{path}: incomplete tokenizer (only {', '.join(have)}); a model folder needs "
+                                "tokenizer_config.json and tokenizer.json (or tokenizer.model / vocab.json)")
+
+
 def convert(hf_path: str, out_dir: str, *, overwrite: bool = False, **encoder_opts) -> str:
     check_writable(out_dir, overwrite)
-    model, cfg = import_hf(hf_path, **encoder_opts)
+    hf, cfg_path = read_hf_config(hf_path)
+    cfg = model_config_from_hf(hf, cfg_path, **encoder_opts)
+    check_tokenizer_files(hf_path)  # as import_hf, with the tokenizer checked too before the weights are scanned
+    model, cfg = import_from_source(cfg, TensorSource(hf_path))
     return save_model_dir(out_dir, model, cfg, tokenizer_dir=hf_path, overwrite=overwrite,
                           extra={"source": {"hf_path": os.path.abspath(hf_path)}})

@@ -51,7 +51,7 @@ def model_config_for(cfg):
 def chip_of(topology: str) -> str:
     gen = topology.split(":")[0].split("-")[0].lower()
     if gen not in CHIPS:
-        raise ValueError(f"topology {topology!r}: unknown TPU generation {gen!r}; known: {sorted(CHIPS)}")
+        raise ValueError(f"--topology {topology}: unknown TPU generation {gen!r}; known: {sorted(CHIPS)}")
     return gen
 
 
@@ -160,9 +160,10 @@ def topology_devices(topology: str):
     kw = {"chip_config_name": "megacore"} if chip_of(topology) in MEGACORE else {}
     try:
         return topologies.get_topology_desc(topology_name=topology, platform="tpu", **kw).devices
-    except Exception as e:
-        raise RuntimeError(f"cannot describe TPU topology {topology!r} ({e}); AOT compilation needs libtpu: "
-                           f"pip install \"jax[tpu]\"") from e
+    except jax.errors.JaxRuntimeError as e:  # libtpu answered: it refuses this topology, and says why
+        raise ValueError(f"--topology {topology}: {str(e).splitlines()[0]}") from None
+    except RuntimeError as e:  # jax found no libtpu to ask
+        raise RuntimeError(f"--topology {topology}: {e}; AOT compilation needs libtpu: pip install \"jax[tpu]\"") from e
 
 
 def format_report(r: dict) -> str:
