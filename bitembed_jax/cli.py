@@ -23,21 +23,40 @@ def _encode(args):
     import numpy as np
 
     from bitembed_jax.encode import Encoder
+    from bitembed_jax.io.model_dir import read_config
 
-    with open(args.input, encoding="utf-8") as f:
-        texts = [line.rstrip("\n") for line in f]
+    for flag, value in (("--batch-size", args.batch_size), ("--max-length", args.max_length)):
+        if value < 1:
+            raise ValueError(f"{flag} {value}: must be at least 1")
+    if os.path.isdir(args.input):
+        raise ValueError(f"--input {args.input} is a folder; give a text file with one text per line")
+    if not os.path.exists(args.input):
+        raise FileNotFoundError(f"--input {args.input} not found")
+    try:
+        with open(args.input, encoding="utf-8") as f:
+            texts = [line.rstrip("\n") for line in f]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--input {args.input}: not UTF-8 text ({e})") from None
+    if not texts:
+        raise ValueError(f"--input {args.input} has no lines to encode")
     empty = [i + 1 for i, t in enumerate(texts) if not t.strip()]
     if empty:
-        raise SystemExit(f"{args.input}: empty line(s) {empty[:10]}: one text per line expected")
+        raise ValueError(f"--input {args.input}: empty line(s) {empty[:10]}: one text per line expected")
     # numpy would append its own suffix to any other name, and the file would not be where we say it is
     suffix = ".npy" if args.precision == "fp32" and args.dim is None else ".npz"
     if not args.out.endswith(suffix):
         what = ("float32 vectors are an .npy array" if suffix == ".npy" else
                 f"{args.precision} vectors{' cut to --dim' if args.dim else ''} are an .npz archive (codes, scale, "
                 "precision, dim)")
-        raise SystemExit(f"--out {args.out}: {what}; name the file *{suffix}")
+        raise ValueError(f"--out {args.out}: {what}; name the file *{suffix}")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--out: folder {folder} does not exist")
     if not args.overwrite and os.path.exists(args.out):
-        raise SystemExit(f"{args.out} exists; pass --overwrite to replace it")
+        raise FileExistsError(f"--out {args.out} exists; pass --overwrite to replace it")
+    cfg, _ = read_config(args.model)  # the config alone: --dim is checked before the weights are read
+    if args.dim is not None and not 1 <= args.dim <= cfg.hidden_size:
+        raise ValueError(f"--dim {args.dim}: must be in 1..{cfg.hidden_size} for {args.model}")
     enc = Encoder.from_pretrained(args.model, max_length=args.max_length)
     vecs = enc.encode(texts, batch_size=args.batch_size, prompt=args.prompt, precision=args.precision,
                       dim=args.dim, show_progress=True)
@@ -182,16 +201,17 @@ def build_parser():
 
 
 def _localize_model_args(args):
-    """encode / eval / export read model folders as local files: a gs:// one (or a gs:// training workdir)
-    is copied once to this host's cache (``paths.local_copy``). ``train`` does the same for its config."""
+    """encode / eval / export read model folders as local files: a training workdir stands for its model/
+    (an unfinished one is an error that says so), and a gs:// one is copied once to this host's cache
+    (``paths.local_copy``). ``train`` does the same for its config."""
     from bitembed_jax.io import paths
+    from bitembed_jax.io.model_dir import resolve_model_dir
 
     for name in ("model", "checkpoint", "teacher"):
         value = getattr(args, name, None)
-        if isinstance(value, str) and paths.is_remote(value):
-            from bitembed_jax.io.model_dir import resolve_model_dir
-
-            setattr(args, name, paths.local_copy(resolve_model_dir(value), "models"))
+        if isinstance(value, str):
+            value = resolve_model_dir(value)
+            setattr(args, name, paths.local_copy(value, "models") if paths.is_remote(value) else value)
 
 
 def main(argv=None):

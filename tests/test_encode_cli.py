@@ -57,8 +57,9 @@ def test_cli_encode(encoder_dir, tmp_path, capsys):
     assert main(["encode", "--model", encoder_dir, "--input", str(inp), "--out", str(out)]) == 0
     vecs = np.load(out)
     np.testing.assert_allclose(vecs, Encoder.from_pretrained(encoder_dir).encode(TEXTS), atol=1e-5)
-    with pytest.raises(SystemExit, match="--overwrite"):
-        main(["encode", "--model", encoder_dir, "--input", str(inp), "--out", str(out)])
+    capsys.readouterr()
+    assert main(["encode", "--model", encoder_dir, "--input", str(inp), "--out", str(out)]) == 2
+    assert f"error: --out {out} exists; pass --overwrite to replace it" in capsys.readouterr().err
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -88,7 +89,50 @@ def test_cli_encode_quantized_keeps_scales(encoder_dir, tmp_path):
 def test_cli_encode_refuses_an_out_name_numpy_would_change(tmp_path, capsys, out, flags, named):
     inp = tmp_path / "texts.txt"
     inp.write_text("\n".join(TEXTS) + "\n")
-    with pytest.raises(SystemExit, match=re.escape(named)):  # before any model is read: the folder does not exist
-        main(["encode", "--model", str(tmp_path / "no-model"), "--input", str(inp), "--out", str(tmp_path / out),
-              *flags])
+    # before any model is read: the folder does not exist
+    assert main(["encode", "--model", str(tmp_path / "no-model"), "--input", str(inp), "--out", str(tmp_path / out),
+                 *flags]) == 2
+    assert re.search(r"^error: --out .*" + re.escape(named), capsys.readouterr().err)
     assert not list(tmp_path.glob("vecs*"))
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Bad input must be refused before the model's weights are read (let alone a text encoded)."""
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(Encoder, "from_pretrained", refuse)
+    monkeypatch.setattr(Encoder, "encode", refuse)
+
+
+@pytest.mark.parametrize("case, flags, named", [
+    ("out folder", ["--out", "{tmp}/missing/vecs.npy"], "--out: folder {tmp}/missing does not exist"),
+    ("dim too large", ["--dim", "4096"], "--dim 4096: must be in 1..64 for {model}"),
+    ("dim zero", ["--dim", "0"], "--dim 0: must be in 1..64 for {model}"),
+    ("dim negative", ["--dim", "-3"], "--dim -3: must be in 1..64 for {model}"),
+    ("input folder", ["--input", "{tmp}"], "--input {tmp} is a folder; give a text file with one text per line"),
+    ("input missing", ["--input", "{tmp}/nope.txt"], "--input {tmp}/nope.txt not found"),
+    ("input empty", ["--input", "{tmp}/empty.txt"], "--input {tmp}/empty.txt has no lines to encode"),
+    ("empty line", ["--input", "{tmp}/gap.txt"],
+     "--input {tmp}/gap.txt: empty line(s) [2]: one text per line expected"),
+    ("input binary", ["--input", "{tmp}/binary.txt"], "--input {tmp}/binary.txt: not UTF-8 text ('utf-8' codec "
+                                                      "can't decode byte 0xff in position 0: invalid start byte)"),
+    ("batch size", ["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    ("max length", ["--max-length", "0"], "--max-length 0: must be at least 1"),
+])
+def test_cli_encode_refuses_bad_input_before_loading_the_model(encoder_dir, tmp_path, capsys, no_model_load, case,
+                                                               flags, named):
+    (tmp_path / "texts.txt").write_text("\n".join(TEXTS) + "\n")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "gap.txt").write_text("alpha\n\nbeta\n")
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00binary")
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    argv = {"--input": str(tmp_path / "texts.txt"), "--out": str(tmp_path / "vecs.npz")}
+    argv.update(dict(zip(flags[::2], flags[1::2])))
+    if "--dim" not in argv:
+        argv["--out"] = argv["--out"].replace(".npz", ".npy")
+    assert main(["encode", "--model", encoder_dir, *[x for kv in argv.items() for x in kv]]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {named.format(tmp=tmp_path, model=encoder_dir)}\n"
+    assert not list(tmp_path.rglob("vecs*"))

@@ -123,3 +123,14 @@ def test_alignment_needs_equal_widths(student, tmp_path):
                                          "student's 64"):
         train(ft_cfg(student, wide, *ALIGN), str(tmp_path / "w"))
     assert not os.path.exists(os.path.join(tmp_path, "w", "metrics.jsonl"))
+
+
+def test_teacher_with_another_tokenizer_of_the_same_size_is_refused_before_the_data(student, tmp_path):
+    from bitembed_jax.testing import tiny_hf
+
+    other = tiny_hf.make_tiny_hf("qwen3", str(tmp_path / "other"), vocab_size=512,
+                                 texts=[f"other words {i} in another order zeta eta theta" for i in range(200)])
+    with pytest.raises(ValueError, match="config.teacher.model=.*other.*: its tokenizer differs from the "
+                                         "student's .*must share the tokenizer"):
+        train(ft_cfg(student, other), str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w" / "dataset")

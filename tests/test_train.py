@@ -106,6 +106,7 @@ def test_config_saved_before_an_added_key_resumes_at_its_old_behaviour(bitnet_di
 
     cfg = quick_cfg(bitnet_dir)
     check_or_write_config(str(tmp_path), cfg)
+    (tmp_path / "checkpoints" / "3").mkdir(parents=True)  # a run with a checkpoint: something to resume
     path = tmp_path / CONFIG_FILE
     saved = json.loads(path.read_text())
     del saved["train"]["quant_warmup_steps"]
@@ -132,6 +133,8 @@ def test_nonfinite_loss_stops_and_keeps_checkpoint(bitnet_dir, tmp_path):
     ("--config.data.train_files=/nonexistent.jsonl", r"config.data.train_files: /nonexistent.jsonl not found"),
     ("--config.init.model=/nonexistent", r"config.init.model='/nonexistent' is not a local folder"),
     ("--config.train.freeze=['[']", r"config.train.freeze: '\[' is not a valid regular expression"),
+    ("--config.train.batch_size=0", r"config.train.batch_size=0 must be > 0"),
+    ("--config.train.learning_rate=-1.0", r"config.train.learning_rate=-1.0 must be > 0"),
 ])
 def test_config_errors(bitnet_dir, override, match):
     with pytest.raises((ValueError, FileNotFoundError), match=match):
@@ -285,3 +288,67 @@ def test_a_failing_save_does_not_mask_the_error_that_stopped_the_run(bitnet_dir,
     nan_step = int(re.search(r"at step (\d+)", str(stopped.value)).group(1))
     assert f"failed at step {nan_step - 1}: [Errno 28] No space left on device\nNo checkpoint was completed" \
         in caplog.text
+
+
+def _no_training_in(wd):
+    return not os.path.exists(os.path.join(wd, "metrics.jsonl")) and not os.path.exists(os.path.join(wd, "checkpoints"))
+
+
+@pytest.mark.parametrize("override, named", [
+    ("--config.init.norm=subln", "config.init.norm='subln' but {dir} holds a model with norm='per_linear'"),
+    ("--config.init.pooling=mean", "config.init.pooling='mean' but {dir} holds a model with pooling='last'"),
+    ("--config.init.act_bits=4", "config.init.act_bits=4 but {dir} holds a model with act_bits=8"),
+    ("--config.init.mode=fp", "config.init.mode='fp' but {dir} holds a 'bitnet' model"),
+])
+def test_init_keys_must_agree_with_the_model_folder(bitnet_dir, tmp_path, override, named):
+    """A model folder fixes these: a key that disagreed was recorded in config.json while the folder's value
+    trained."""
+    with pytest.raises(ValueError, match=re.escape(named.format(dir=bitnet_dir))):
+        train(quick_cfg(bitnet_dir, override), str(tmp_path / "w"))
+    assert _no_training_in(str(tmp_path / "w"))
+
+
+def test_matryoshka_dims_wider_than_the_model_are_refused_before_the_data(bitnet_dir, tmp_path):
+    with pytest.raises(ValueError, match=re.escape("config.loss.matryoshka_dims: [512] exceed the model's hidden "
+                                                   "size 64")):
+        train(quick_cfg(bitnet_dir, "--config.loss.matryoshka_dims=[0,512]"), str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w" / "dataset") and _no_training_in(str(tmp_path / "w"))
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_does_not_lock_its_workdir(bitnet_dir, tmp_path, capsys):
+    bad, good = tmp_path / "bad.jsonl", tmp_path / "good.jsonl"
+    rows = [json.dumps({"query": f"question {i} about words", "positive": f"answer {i} with words"}) for i in range(40)]
+    bad.write_text("\n".join(rows[:2] + ["{not json"] + rows[2:]) + "\n")
+    good.write_text("\n".join(rows) + "\n")
+    wd = str(tmp_path / "w")
+    with pytest.raises(ValueError, match="bad.jsonl:3: malformed JSON"):
+        train(quick_cfg(bitnet_dir, f"--config.data.train_files=['{bad}']"), wd)
+    out = train(quick_cfg(bitnet_dir, f"--config.data.train_files=['{good}']", "--config.train.num_steps=3"), wd)
+    assert "its earlier run stopped before its first checkpoint; starting over" in capsys.readouterr().out
+    assert os.path.exists(os.path.join(out, "bitembed_config.json"))
+    with open(os.path.join(wd, "config.json")) as f:
+        assert json.load(f)["data"]["train_files"] == [str(good)]
+    with pytest.raises(ValueError, match="holds a run with a different config"):  # now it holds a run
+        train(quick_cfg(bitnet_dir, f"--config.data.train_files=['{bad}']"), wd)
+
+
+def test_a_workdir_that_is_a_file_or_an_unfinished_run(bitnet_dir, tmp_path, capsys):
+    from bitembed_jax.train.checkpoint import check_or_write_config
+
+    (tmp_path / "f").write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match="--workdir .*/f is a file, not a folder"):
+        train(quick_cfg(bitnet_dir), str(tmp_path / "f"))
+    unfinished = tmp_path / "unfinished"
+    check_or_write_config(str(unfinished), quick_cfg(bitnet_dir))  # what a run writes first
+    with pytest.raises(FileNotFoundError, match="unfinished is a training workdir without a model folder .*"
+                                                "it saved no checkpoint"):
+        train(quick_cfg(str(unfinished)), str(tmp_path / "w"))
+    from bitembed_jax.cli import main
+
+    (unfinished / "checkpoints" / "4").mkdir(parents=True)
+    for argv in (["export", "--checkpoint", str(unfinished), "--out", str(tmp_path / "x"), "--format", "base3"],
+                 ["encode", "--model", str(unfinished), "--input", str(tmp_path / "f"), "--out", str(tmp_path / "v.npy")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "unfinished is a training workdir without a model folder" in err
+        assert "(its latest checkpoint is step 4); rerun its train command to finish it" in err

@@ -12,6 +12,7 @@ import tempfile
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from bitembed_jax.io import paths
@@ -74,11 +75,36 @@ def _save_local(out_dir, model, cfg, tokenizer_dir, extra, overwrite):
     return out_dir
 
 
+def _unfinished_run(path: str) -> str | None:
+    """Why ``path`` is a training workdir that has no model folder yet, or None if it is not one."""
+    ckpts = paths.join(path, "checkpoints")
+    run_config = paths.join(path, "config.json")
+    if not paths.exists(ckpts):
+        if not paths.exists(run_config):
+            return None
+        try:  # an HF folder has a config.json too; a run's holds the training config
+            keys = set(json.loads(epath.Path(run_config).read_text()))
+        except (OSError, ValueError):
+            return None
+        if not {"train", "init", "data"} <= keys:
+            return None
+    steps = sorted(int(p.name) for p in epath.Path(ckpts).iterdir() if p.name.isdigit()) \
+        if paths.exists(ckpts) else []
+    done = f"its latest checkpoint is step {steps[-1]}" if steps else "it saved no checkpoint"
+    return (f"{path} is a training workdir without a model folder ({path}/model): its run has not finished "
+            f"({done}); rerun its train command to finish it, or pass a model folder")
+
+
 def resolve_model_dir(path: str) -> str:
-    """A model folder, or a training workdir standing for the model folder it produced (``model/``)."""
+    """A model folder, or a training workdir standing for the model folder it produced (``model/``); a workdir
+    whose run has not produced it yet is an error that says so."""
     inner = paths.join(path, "model")
-    if not paths.exists(paths.join(path, CONFIG_NAME)) and paths.exists(paths.join(inner, CONFIG_NAME)):
-        return inner
+    if not paths.exists(paths.join(path, CONFIG_NAME)):
+        if paths.exists(paths.join(inner, CONFIG_NAME)):
+            return inner
+        unfinished = _unfinished_run(path)
+        if unfinished:
+            raise FileNotFoundError(unfinished)
     return path
 
 

@@ -42,20 +42,33 @@ def config_dict(cfg) -> dict:
     return json.loads(cfg.to_json())
 
 
-def check_or_write_config(workdir: str, cfg, *, is_writer: bool = True):
-    """First run: store the config. Later runs: refuse when a training-relevant key differs."""
+def saved_steps(workdir: str) -> list[int]:
+    """The finished checkpoints of a work dir (orbax renames a step's folder to its number once it is whole)."""
+    ckpts = paths.join(workdir, "checkpoints")
+    return sorted(int(p.name) for p in epath.Path(ckpts).iterdir() if p.name.isdigit()) if paths.exists(ckpts) else []
+
+
+def check_or_write_config(workdir: str, cfg, *, is_writer: bool = True) -> bool:
+    """First run: store the config. Later runs: refuse when a training-relevant key differs, unless the earlier
+    run saved neither a checkpoint nor a model (it failed at its start, e.g. on bad data): then nothing of it can
+    be resumed or mixed, and the new config replaces its record. Returns whether it did."""
+    if paths.exists(workdir) and not epath.Path(workdir).is_dir():
+        raise NotADirectoryError(f"--workdir {workdir} is a file, not a folder")
     path = paths.join(workdir, CONFIG_FILE)
     current = config_dict(cfg)
+    restarted = False
     if paths.exists(path):
         saved = json.loads(epath.Path(path).read_text())
         diff = recorded_diff(_flatten(saved), _flatten(current), added=ADDED_KEYS, resumable=RESUMABLE_PREFIXES)
-        if diff:
+        if diff and (saved_steps(workdir) or paths.exists(paths.join(workdir, "model"))):
             lines = [f"  {k}: saved {a!r} != now {b!r}" for k, a, b in diff]
             raise ValueError(f"{workdir} holds a run with a different config; refusing to resume "
                              f"(use a new --workdir):\n" + "\n".join(lines))
+        restarted = bool(diff)
     if is_writer:
         epath.Path(workdir).mkdir(parents=True, exist_ok=True)
         paths.write_text_atomic(path, json.dumps(current, indent=2, sort_keys=True))
+    return restarted
 
 
 def _encode_data_state(state):

@@ -1,6 +1,7 @@
 """``bitembed-jax train``: validate, load the student, build data, run the jitted step, checkpoint, resume."""
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -11,7 +12,7 @@ from flax import nnx
 
 from bitembed_jax.convert.fp_to_bitnet import converts, fp_to_bitnet
 from bitembed_jax.io import paths
-from bitembed_jax.io.model_dir import CONFIG_NAME, load_model_dir, resolve_model_dir, save_model_dir
+from bitembed_jax.io.model_dir import CONFIG_NAME, load_model_dir, read_config, resolve_model_dir, save_model_dir
 from bitembed_jax.parallel.mesh import make_mesh, maybe_initialize_distributed, mesh_shape
 from bitembed_jax.train.checkpoint import Checkpointer, check_disk_room, check_or_write_config
 from bitembed_jax.train.metrics import MetricsWriter
@@ -58,7 +59,9 @@ def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: 
                 raise FileNotFoundError(f"config.data.train_files: {f} not found")
     data, fsdp, _ = mesh_shape(cfg.mesh, num_devices)
     bs, chunks = int(cfg.train.batch_size), int(cfg.loss.num_chunks)
-    if bs <= 0 or bs % (data * fsdp):
+    if bs <= 0:
+        raise ValueError(f"config.train.batch_size={bs} must be > 0")
+    if bs % (data * fsdp):
         raise ValueError(f"config.train.batch_size={bs} must be divisible by the batch mesh axes "
                          f"data*fsdp={data * fsdp}")
     if bs % num_processes:
@@ -104,6 +107,8 @@ def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: 
             raise ValueError(f"config.train.freeze: {pattern!r} is not a valid regular expression: {e}") from None
     if cfg.train.num_steps <= 0:
         raise ValueError(f"config.train.num_steps={cfg.train.num_steps} must be > 0")
+    if cfg.train.learning_rate <= 0:
+        raise ValueError(f"config.train.learning_rate={cfg.train.learning_rate} must be > 0")
     warmup = cfg.train.quant_warmup_steps
     if not 0 <= warmup < cfg.train.num_steps:
         raise ValueError(f"config.train.quant_warmup_steps={warmup} must be >= 0 and below train.num_steps="
@@ -118,6 +123,20 @@ DISTILL_WEIGHTS = ("sim_weight", "attn_weight", "embed_weight", "hidden_weight")
 
 def uses_teacher(cfg) -> bool:
     return cfg.stage == "finetune" and any(cfg.distill[k] > 0 for k in DISTILL_WEIGHTS)
+
+
+def check_teacher_tokenizer(teacher_dir: str, student_tokenizer):
+    """The teacher reads the student's token ids: the same size of vocabulary is not enough, each id must be
+    the same token."""
+    from transformers import AutoTokenizer
+
+    theirs = AutoTokenizer.from_pretrained(teacher_dir).get_vocab()
+    ours = student_tokenizer.get_vocab()
+    if theirs != ours:
+        differ = sorted(set(ours.items()) ^ set(theirs.items()), key=lambda kv: kv[1])[:3]
+        raise ValueError(f"config.teacher.model={teacher_dir!r}: its tokenizer differs from the student's "
+                         f"({len(theirs)} vs {len(ours)} tokens; e.g. {differ}); teacher and student must share "
+                         "the tokenizer")
 
 
 def load_teacher(cfg, student_cfg):
@@ -142,15 +161,27 @@ def load_teacher(cfg, student_cfg):
     return model
 
 
+def check_init_model(init, mcfg, path: str):
+    """config.init describes the student; a model folder already fixes some of it, and a key that disagrees
+    would be recorded in the run's config.json while the folder's value trains. The BitNet options of an fp
+    folder converted at load (norm, activation bits) are config.init's to choose."""
+    if mcfg.mode != init.mode and not converts(mcfg, init):
+        raise ValueError(f"config.init.mode={init.mode!r} but {path} holds a {mcfg.mode!r} model")
+    keys = ("norm", "act_bits", "attention", "pooling") if mcfg.mode == "bitnet" else ("attention", "pooling")
+    diff = [f"config.init.{k}={init[k]!r} but {path} holds a model with {k}={getattr(mcfg, k)!r}" for k in keys
+            if init[k] != getattr(mcfg, k)]
+    if diff:
+        raise ValueError("; ".join(diff) + " (set the config key to the model's value, or convert the model again)")
+
+
 def load_student(init, dtype: str, remat: bool):
     """(model, cfg) from one of our model folders or a local HF folder (converted on the fly)."""
     path = init.model
     if os.path.exists(os.path.join(path, CONFIG_NAME)):
+        check_init_model(init, read_config(path)[0], path)  # before any weight is read
         model, mcfg = load_model_dir(path, dtype=dtype, remat=remat)
         if converts(mcfg, init):  # e.g. a student started from the fp teacher
             return fp_to_bitnet(model, mcfg, init)
-        if mcfg.mode != init.mode:
-            raise ValueError(f"config.init.mode={init.mode!r} but {path} holds a {mcfg.mode!r} model")
         return model, mcfg
     from bitembed_jax.convert.hf_import import import_hf
 
@@ -180,6 +211,18 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._old)
 
 
+def drop_stale_dataset(cfg, workdir: str):
+    """A run started over may leave a dataset built from its earlier data files in WORKDIR/dataset: that one is
+    ours to rebuild (a config.data.dataset_dir of the user's is never removed)."""
+    from bitembed_jax.data.tfds_builder import needs_rebuild
+
+    path = os.path.join(workdir, "dataset")
+    if cfg.data.dataset_dir or paths.is_remote(workdir) or not os.path.isdir(path):
+        return
+    if needs_rebuild(path, list(cfg.data.train_files), skip_bad=cfg.data.skip_bad, seed=cfg.data.seed):
+        shutil.rmtree(path)
+
+
 def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads=None):
     """Run (or resume) a training run in ``workdir``; returns the final model folder (None if stopped early).
 
@@ -191,14 +234,23 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
     validate_config(cfg, len(devices), jax.process_count())
     workdir = paths.absolute(workdir)
     is_main = jax.process_index() == 0
-    check_or_write_config(workdir, cfg, is_writer=is_main)
+    restarted = check_or_write_config(workdir, cfg, is_writer=is_main)
     cfg = localize_inputs(cfg)
+    if restarted:
+        print(f"{workdir}: its earlier run stopped before its first checkpoint; starting over with this config")
+        if is_main:
+            drop_stale_dataset(cfg, workdir)
     mesh = make_mesh(cfg.mesh, devices)
 
     model, mcfg = load_student(cfg.init, cfg.train.dtype, cfg.train.remat)
+    too_wide = [int(d) for d in cfg.loss.matryoshka_dims if int(d) > mcfg.hidden_size]
+    if too_wide:
+        raise ValueError(f"config.loss.matryoshka_dims: {too_wide} exceed the model's hidden size {mcfg.hidden_size}")
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.init.model)
+    if uses_teacher(cfg):  # before the dataset is built and the step compiled
+        check_teacher_tokenizer(cfg.teacher.model, tokenizer)
     from bitembed_jax.train.data_setup import pipeline_from_config, query_prefix
 
     pipeline = (make_pipeline or pipeline_from_config)(cfg, workdir, tokenizer, mcfg)
