@@ -226,7 +226,7 @@ def main(argv=None):
             _localize_model_args(args)
             args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)  # no repr quotes
         return 2
     return 0
 

@@ -352,3 +352,13 @@ def test_a_workdir_that_is_a_file_or_an_unfinished_run(bitnet_dir, tmp_path, cap
         err = capsys.readouterr().err
         assert "unfinished is a training workdir without a model folder" in err
         assert "(its latest checkpoint is step 4); rerun its train command to finish it" in err
+
+
+def test_cli_names_a_misspelled_config_key_without_repr_quotes(tmp_path, capsys):
+    from bitembed_jax.cli import main
+
+    argv = ["train", "--config", os.path.join(ROOT, "configs", "quickstart.py"), "--workdir", str(tmp_path / "w"),
+            "--config.train.batch_sise=8"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == "error: config key config.train.batch_sise does not exist\n"
+    assert not (tmp_path / "w").exists()

@@ -4,10 +4,6 @@
 def run_export(args) -> None:
     from bitembed_jax.export.hf_export import export
 
-    if args.push_to_hub is not None:  # export would pack the whole folder before the push could fail
-        from bitembed_jax.export.hub import check_hub_access
-
-        check_hub_access()
     out = export(args.checkpoint, args.out, fmt=args.format, overwrite=args.overwrite,
                  int8_embeddings=args.int8_embeddings, dtype=args.dtype, linear_class=args.linear_class,
                  max_length=args.max_length, push_to_hub=args.push_to_hub, private=args.private)

@@ -234,8 +234,10 @@ def export(checkpoint_dir: str, out_dir: str, *, fmt: str = "bitnet-2bit", overw
     if linear_class not in LINEAR_CLASSES:
         raise ValueError(f"--linear-class {linear_class!r} is not one of {', '.join(LINEAR_CLASSES)}")
     if push_to_hub is not None:
-        from bitembed_jax.export.hub import check_repo_id
+        from bitembed_jax.export.hub import check_hub_access, check_repo_id
         check_repo_id(push_to_hub)
+        if hub_client is None:  # the real hub: offline or without a token, the push would fail after packing
+            check_hub_access()
     checkpoint_dir = resolve_model_dir(checkpoint_dir)
     out_dir = os.path.abspath(out_dir)
     src, dst = os.path.realpath(checkpoint_dir), os.path.realpath(out_dir)
