@@ -119,3 +119,10 @@ def test_convert_refuses_a_folder_without_its_tokenizer(tiny_qwen3, tmp_path, mo
     with pytest.raises(CheckpointImportError, match=named):
         convert(str(p), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_convert_of_one_of_our_model_folders_says_what_it_is(tiny_qwen3, tmp_path):
+    ours = convert(tiny_qwen3, str(tmp_path / "ours"), mode="bitnet")
+    with pytest.raises(CheckpointImportError, match="ours is already a bitembed-jax model folder: use it as it is"):
+        convert(ours, str(tmp_path / "again"))
+    assert not (tmp_path / "again").exists()

@@ -135,6 +135,8 @@ def test_nonfinite_loss_stops_and_keeps_checkpoint(bitnet_dir, tmp_path):
     ("--config.train.freeze=['[']", r"config.train.freeze: '\[' is not a valid regular expression"),
     ("--config.train.batch_size=0", r"config.train.batch_size=0 must be > 0"),
     ("--config.train.learning_rate=-1.0", r"config.train.learning_rate=-1.0 must be > 0"),
+    ("--config.init.mode=bitnett", r"config.init.mode='bitnett' is not one of fp, bitnet"),
+    ("--config.init.act_bits=2", r"config.init.act_bits=2 is not one of 8, 4"),
 ])
 def test_config_errors(bitnet_dir, override, match):
     with pytest.raises((ValueError, FileNotFoundError), match=match):

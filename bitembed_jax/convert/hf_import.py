@@ -184,6 +184,9 @@ def inserted_norm(path: str) -> bool:
 def read_hf_config(path: str) -> tuple[dict, str]:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
+        if os.path.exists(os.path.join(path, "bitembed_config.json")):
+            raise CheckpointImportError(f"{path} is already a bitembed-jax model folder: use it as it is "
+                                        "(--init-from, encode, export), or convert the HF checkpoint it came from")
         raise CheckpointImportError(f"{cfg_path} not found: {path} is not a Hugging Face model folder")
     try:
         with open(cfg_path) as f:

@@ -13,6 +13,7 @@ from flax import nnx
 from bitembed_jax.convert.fp_to_bitnet import converts, fp_to_bitnet
 from bitembed_jax.io import paths
 from bitembed_jax.io.model_dir import CONFIG_NAME, load_model_dir, read_config, resolve_model_dir, save_model_dir
+from bitembed_jax.models.config import ATTENTION, MODES, NORMS, POOLING
 from bitembed_jax.parallel.mesh import make_mesh, maybe_initialize_distributed, mesh_shape
 from bitembed_jax.train.checkpoint import Checkpointer, check_disk_room, check_or_write_config
 from bitembed_jax.train.metrics import MetricsWriter
@@ -48,6 +49,10 @@ def localize_inputs(cfg):
 
 def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: bool = True):
     """Cheap checks before anything is compiled or trained; each error names its config key."""
+    for key, choices in (("mode", MODES), ("norm", NORMS), ("act_bits", (8, 4)), ("attention", ATTENTION),
+                         ("pooling", POOLING)):
+        if cfg.init[key] not in choices:
+            raise ValueError(f"config.init.{key}={cfg.init[key]!r} is not one of {', '.join(map(str, choices))}")
     if check_paths:
         if not cfg.init.model:
             raise ValueError("config.init.model is empty: give a local HF folder or a bitembed-jax model folder")
