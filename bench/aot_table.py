@@ -76,7 +76,8 @@ def compile_row(row, path: str) -> dict:
         os.remove(tmp)
     if result is None:
         lines = (proc.stdout + proc.stderr).strip().splitlines()
-        oom = [line for line in lines if "DOES NOT FIT" in line or "does not fit" in line or "RESOURCE_EXHAUSTED" in line]
+        oom = [line for line in lines
+               if "DOES NOT FIT" in line or "does not fit" in line or "RESOURCE_EXHAUSTED" in line]
         result = {"fits": False, "total_gib": math.nan, "error": (oom or lines[-1:] or ["?"])[-1][:300],
                   "returncode": proc.returncode}
     result["compile_s"] = round(time.time() - t0)

@@ -212,7 +212,8 @@ def main(argv=None):
 
         print(f"\n{len(train_rows)} train / {len(held)} held-out pairs (split seed {args.split_seed}); corpus "
               f"{len(corpus)} passages; qwen3 hidden {MODEL['hidden_size']}, {MODEL['num_hidden_layers']} layers, "
-              f"vocab 512; steps: teacher {args.teacher_steps} (lr {args.teacher_lr:g}), pretrain {args.pretrain_steps}, fine-tune "
+              f"vocab 512; steps: teacher {args.teacher_steps} (lr {args.teacher_lr:g}), "
+              f"pretrain {args.pretrain_steps}, fine-tune "
               f"{args.finetune_steps}; seeds {args.seeds}; jax {jax.__version__}; "
               f"{time.perf_counter() - t_start:.0f} s; load average {os.getloadavg()[0]:.1f}")
         metrics = ("ndcg_at_10", "mrr_at_10", "recall_at_1")
@@ -235,8 +236,8 @@ def main(argv=None):
         for name, by_seed in finals.items():
             for seed, m in by_seed.items():
                 m = {"contrastive": m["loss"], **m}  # without a teacher the loss is the contrastive term
-                cells = [f"{m[k]:.3f}" if k in m else "-" for k in ("loss", "contrastive", "sim_distill",
-                                                                   "attn_distill")]
+                keys = ("loss", "contrastive", "sim_distill", "attn_distill")
+                cells = [f"{m[k]:.3f}" if k in m else "-" for k in keys]
                 print(f"| {name} | {seed} | " + " | ".join(cells) + " |")
         print("\nfine-tune + both, every output precision" + (" (mean over seeds)" if len(args.seeds) > 1 else "")
               + ":\n")

@@ -194,8 +194,9 @@ def split(args, wd):
     pool = sorted({r["positive"] for r in train} - set(corpus))
     corpus += [pool[i] for i in rng.choice(len(pool), args.distractors, replace=False)]
     ids = {t: f"d{i}" for i, t in enumerate(corpus)}
-    held = {"corpus_ids": [ids[t] for t in corpus], "corpus": corpus, "query_ids": [f"q{i}" for i in range(len(queries))],
-            "queries": queries, "qrels": {f"q{i}": {ids[p]: 1} for i, p in enumerate(positives)}}
+    held = {"corpus_ids": [ids[t] for t in corpus], "corpus": corpus,
+            "query_ids": [f"q{i}" for i in range(len(queries))], "queries": queries,
+            "qrels": {f"q{i}": {ids[p]: 1} for i, p in enumerate(positives)}}
     # split.json last: its presence means both files are whole
     write_text_atomic(os.path.join(wd, "train.jsonl"), "".join(json.dumps(r) + "\n" for r in train))
     write_text_atomic(path, json.dumps(held))

@@ -6,8 +6,8 @@
 
 One step = embed the queries and passages, InfoNCE over in-batch negatives, backward, global-norm clip
 and AdamW update. JAX runs the real ``make_train_step`` (the contrastive loss of ``train``, one CPU
-device, mesh data=1, float32 or --dtype bfloat16). PyTorch runs transformers' Qwen3 model with the same config and the same
-saved weights; in ``bitnet`` mode every linear of the layers is replaced by the straight-through BitLinear of
+device, mesh data=1, float32 or --dtype bfloat16). PyTorch runs transformers' Qwen3 model with the same config and
+the same saved weights; in ``bitnet`` mode every linear of the layers is replaced by the straight-through BitLinear of
 the BitNet b1.58 training recipe (per-linear RMSNorm, absmax int8 activations, absmean ternary weights,
 ``x + (q(x) - x).detach()``), with last-token pooling, the same loss, clipping and torch.optim.AdamW (decay on
 matrices only, as ours). ``fp`` runs both models unquantized, for context.
@@ -224,8 +224,8 @@ def bench_mode(mode, args):
         t_step = torch_trainer(d, mode, eps, args.dtype)
     batch = make_batch(args)
     j_batch = place(batch)
-    t_batch = [torch.tensor(batch[k], dtype=torch.long) for k in ("query_ids", "query_mask", "passage_ids",
-                                                                   "passage_mask")]
+    keys = ("query_ids", "query_mask", "passage_ids", "passage_mask")
+    t_batch = [torch.tensor(batch[k], dtype=torch.long) for k in keys]
     fns = [lambda: j_step(j_batch), lambda: t_step(*t_batch)]
     first = [fn() for fn in fns]  # same weights, same batch: the first losses agree; JAX compiles here
     for _ in range(args.warmup - 1):

@@ -134,7 +134,7 @@ def _resolve(args):
         args.runtime_version = next((v for p, v in RUNTIMES if args.accelerator.startswith(p)), None)
         if not args.runtime_version:
             fail(f"no default runtime for {args.accelerator}: pass --runtime-version "
-                               "or set the environment variable RUNTIME_VERSION")
+                 "or set the environment variable RUNTIME_VERSION")
     return args
 
 
@@ -258,7 +258,7 @@ def plan_status(a):
 def _check_gcloud():
     if shutil.which("gcloud") is None:
         fail("gcloud not found on PATH; install the Google Cloud SDK "
-                           "(https://cloud.google.com/sdk/docs/install) or use --dry-run to print the commands")
+             "(https://cloud.google.com/sdk/docs/install) or use --dry-run to print the commands")
 
 
 def execute(cmds, dry_run: bool) -> int:

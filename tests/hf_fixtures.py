@@ -19,6 +19,7 @@ def load_hf(path: str):
     from transformers import AutoModel
     return AutoModel.from_pretrained(path, attn_implementation="eager", dtype=torch.float32).eval()
 
+
 # the public data sets live in shared/ beside the repository (as CI lays it out)
 SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                            "shared", "data")

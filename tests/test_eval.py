@@ -163,8 +163,8 @@ def test_every_precision_end_to_end(models, tmp_path, capsys):
         assert r["score"] is None or lo <= r["score"] <= 1.0  # None: an undefined correlation
     assert {r["n_vectors"] for r in student_rows if r["dataset"] == "beir"} == {12}
     teacher_rows = [r for r in rows if r["model"] == "teacher"]
-    assert [(r["dataset"], r["precision"], r["dim"]) for r in teacher_rows] == [("beir", "fp32", 64),
-                                                                               ("pairs", "fp32", 64)]
+    assert [(r["dataset"], r["precision"], r["dim"]) for r in teacher_rows] == [
+        ("beir", "fp32", 64), ("pairs", "fp32", 64)]
 
     assert (out / "plot.png").read_bytes()[:8] == PNG_MAGIC
     import matplotlib.image

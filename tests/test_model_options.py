@@ -17,7 +17,10 @@ def test_remat_gives_identical_gradients(tiny_qwen3):
         model, _ = import_hf(tiny_qwen3, mode="bitnet", remat=remat)
         from flax import nnx
         g, state = nnx.split(model)
-        f = lambda s: jnp.sum(embed(nnx.merge(g, s), ids, mask) ** 3)
+
+        def f(s):
+            return jnp.sum(embed(nnx.merge(g, s), ids, mask) ** 3)
+
         grads.append(jax.tree.leaves(jax.grad(f)(state)))
     for a, b in zip(*grads):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

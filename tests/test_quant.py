@@ -61,7 +61,8 @@ def test_bf16():
     assert xq.dtype == jnp.bfloat16 and wq.dtype == jnp.bfloat16
     q, g = np_ternary(np.asarray(w, np.float32))
     np.testing.assert_allclose(np.asarray(wq, np.float32), q * g, rtol=1e-2)
-    np.testing.assert_allclose(np.asarray(xq, np.float32), np_absmax(np.asarray(x, np.float32), 8), rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(np.asarray(xq, np.float32), np_absmax(np.asarray(x, np.float32), 8),
+                               rtol=1e-2, atol=1e-2)
 
 
 def test_ste_passes_gradients_through():

@@ -20,7 +20,8 @@ def bitnet_dir(tiny_qwen3, tmp_path_factory):
 
 
 def command(model_dir, workdir):
-    return [sys.executable, "-m", "bitembed_jax.cli", "train", "--config", os.path.join(ROOT, "configs", "quickstart.py"),
+    return [sys.executable, "-m", "bitembed_jax.cli", "train",
+            "--config", os.path.join(ROOT, "configs", "quickstart.py"),
             "--workdir", workdir, "--init-from", model_dir, "--config.train.batch_size=16",
             f"--config.train.num_steps={STEPS}", "--config.train.log_every=1", "--config.checkpoint.every_steps=3",
             "--config.mesh.data=8"]

@@ -22,7 +22,8 @@ def bitnet_dir(tiny_qwen3, tmp_path_factory):
 def quick_cfg(model_dir, *overrides):
     cfg = load_config_file(os.path.join(ROOT, "configs", "quickstart.py"))
     base = ["--config.train.batch_size=16", "--config.train.num_steps=6", "--config.train.log_every=1",
-            "--config.train.warmup_steps=1", "--config.train.learning_rate=5e-4", "--config.checkpoint.every_steps=3", "--config.mesh.data=8",
+            "--config.train.warmup_steps=1", "--config.train.learning_rate=5e-4", "--config.checkpoint.every_steps=3",
+            "--config.mesh.data=8",
             f"--config.init.model={model_dir}", "--config.checkpoint.async_save=False"]
     return apply_overrides(cfg, base + list(overrides))
 
@@ -127,7 +128,8 @@ def test_nonfinite_loss_stops_and_keeps_checkpoint(bitnet_dir, tmp_path):
 
 
 @pytest.mark.parametrize("override,match", [
-    ("--config.train.batch_size=12", r"config.train.batch_size=12 must be divisible by the batch mesh axes data\*fsdp=8"),
+    ("--config.train.batch_size=12",
+     r"config.train.batch_size=12 must be divisible by the batch mesh axes data\*fsdp=8"),
     ("--config.mesh.data=4", r"has 4 devices, but 8 are available"),
     ("--config.loss.num_chunks=3", r"config.loss.num_chunks=3"),
     ("--config.data.train_files=/nonexistent.jsonl", r"config.data.train_files: /nonexistent.jsonl not found"),
@@ -349,7 +351,8 @@ def test_a_workdir_that_is_a_file_or_an_unfinished_run(bitnet_dir, tmp_path, cap
 
     (unfinished / "checkpoints" / "4").mkdir(parents=True)
     for argv in (["export", "--checkpoint", str(unfinished), "--out", str(tmp_path / "x"), "--format", "base3"],
-                 ["encode", "--model", str(unfinished), "--input", str(tmp_path / "f"), "--out", str(tmp_path / "v.npy")]):
+                 ["encode", "--model", str(unfinished), "--input", str(tmp_path / "f"),
+                  "--out", str(tmp_path / "v.npy")]):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "unfinished is a training workdir without a model folder" in err

@@ -63,7 +63,8 @@ class Encoder(nnx.Module):
             cos, sin = ropes[kind]
             want = i == qkv_layer
             if cfg.remat:
-                x, out_qkv = nnx.remat(lambda blk, *a: blk(*a), static_argnums=(5,))(layer, x, cos, sin, masks[kind], want)
+                call = nnx.remat(lambda blk, *a: blk(*a), static_argnums=(5,))
+                x, out_qkv = call(layer, x, cos, sin, masks[kind], want)
             else:
                 x, out_qkv = layer(x, cos, sin, masks[kind], want)
             x = constrain(x, HIDDEN)

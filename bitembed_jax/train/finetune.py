@@ -5,7 +5,7 @@ import jax
 from flax import nnx
 
 from bitembed_jax.losses.distill import (attention_relation_distill, cosine_distill, hidden_state_distill,
-                                        sharded_similarity_distill)
+                                         sharded_similarity_distill)
 from bitembed_jax.models import pool
 from bitembed_jax.train.step import merge_model, multi_precision_info_nce, split_inputs, temperature_of
 

@@ -330,8 +330,8 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
     out = os.path.join(workdir, "model")
     if is_main:
         save_model_dir(out, final, mcfg, tokenizer_dir=cfg.init.model, overwrite=True,
-                       extra={"prompts": {"query": query_prefix(cfg)}, "train": {"steps": int(cfg.train.num_steps),
-                                                                           "stage": cfg.stage},
+                       extra={"prompts": {"query": query_prefix(cfg)},
+                              "train": {"steps": int(cfg.train.num_steps), "stage": cfg.stage},
                               "precisions": sorted({p for p, w in cfg.loss.precisions.items() if w > 0}),
                               "matryoshka_dims": sorted({int(d) for d in cfg.loss.matryoshka_dims})})
         writer.message(f"done: model folder {out}; metrics {os.path.join(workdir, 'metrics.jsonl')}; "
