@@ -41,11 +41,11 @@ def check_compatible(model_dirs: list[str]):
     return first_cfg, first_meta
 
 
-def check_out_apart(model_args: list[str], out_dir: str):
+def check_out_apart(model_args: list[str], model_dirs: list[str], out_dir: str):
     """Refuse an ``out_dir`` that is, holds or lies inside a --model folder (as given, or the model folder a
-    training workdir stands for): writing it would replace or change an input."""
+    training workdir stands for, ``model_dirs``): writing it would replace or change an input."""
     dst = os.path.realpath(out_dir)
-    inputs = [(given, os.path.realpath(src)) for given in model_args for src in (given, resolve_model_dir(given))]
+    inputs = [(given, os.path.realpath(src)) for given, d in zip(model_args, model_dirs) for src in (given, d)]
     if any(src == dst for _, src in inputs):
         raise ValueError(f"--out {out_dir} is one of the --model inputs; average into another folder")
     for given, src in inputs:
@@ -69,8 +69,9 @@ def average_models(model_dirs: list[str], out_dir: str, *, weights: list[float] 
     """Write the (weighted) mean of ``model_dirs`` to ``out_dir`` with the first folder's tokenizer."""
     import jax
 
-    check_out_apart(model_dirs, out_dir)  # before anything is read: --overwrite would replace an input
-    model_dirs = [os.path.abspath(resolve_model_dir(d)) for d in model_dirs]
+    resolved = [os.path.abspath(resolve_model_dir(d)) for d in model_dirs]
+    check_out_apart(model_dirs, resolved, out_dir)  # before anything is read: --overwrite would replace an input
+    model_dirs = resolved
     weights = [1.0] * len(model_dirs) if weights is None else [float(w) for w in weights]
     if len(weights) != len(model_dirs) or min(weights) < 0 or sum(weights) <= 0:
         raise ValueError(f"--weights: need {len(model_dirs)} non-negative numbers with a positive sum, got {weights}")

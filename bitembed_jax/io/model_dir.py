@@ -75,6 +75,12 @@ def _save_local(out_dir, model, cfg, tokenizer_dir, extra, overwrite):
     return out_dir
 
 
+def saved_steps(workdir: str) -> list[int]:
+    """The finished checkpoints of a training work dir (orbax renames a step's folder to its number once whole)."""
+    ckpts = paths.join(workdir, "checkpoints")
+    return sorted(int(p.name) for p in epath.Path(ckpts).iterdir() if p.name.isdigit()) if paths.exists(ckpts) else []
+
+
 def _unfinished_run(path: str) -> str | None:
     """Why ``path`` is a training workdir that has no model folder yet, or None if it is not one."""
     ckpts = paths.join(path, "checkpoints")
@@ -88,8 +94,7 @@ def _unfinished_run(path: str) -> str | None:
             return None
         if not {"train", "init", "data"} <= keys:
             return None
-    steps = sorted(int(p.name) for p in epath.Path(ckpts).iterdir() if p.name.isdigit()) \
-        if paths.exists(ckpts) else []
+    steps = saved_steps(path)
     done = f"its latest checkpoint is step {steps[-1]}" if steps else "it saved no checkpoint"
     return (f"{path} is a training workdir without a model folder ({path}/model): its run has not finished "
             f"({done}); rerun its train command to finish it, or pass a model folder")

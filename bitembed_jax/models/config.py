@@ -10,6 +10,9 @@ MODES = ("fp", "bitnet")
 NORMS = ("per_linear", "subln", "none")
 ATTENTION = ("causal", "bidirectional")
 POOLING = ("last", "mean")
+ACT_BITS = (8, 4)
+# what config.init may ask of an encoder (validated before a model exists)
+INIT_CHOICES = {"mode": MODES, "norm": NORMS, "act_bits": ACT_BITS, "attention": ATTENTION, "pooling": POOLING}
 ROPE_TYPES = ("default", "linear")
 
 
@@ -50,7 +53,7 @@ class ModelConfig:
         for key, allowed in checks:
             if getattr(self, key) not in allowed:
                 raise ValueError(f"model.{key}={getattr(self, key)!r} is not one of {allowed}")
-        if self.act_bits not in (4, 8):
+        if self.act_bits not in ACT_BITS:
             raise ValueError(f"model.act_bits={self.act_bits} must be 8 or 4")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"model.num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")

@@ -18,6 +18,7 @@ from etils import epath
 
 from bitembed_jax.config_loader import recorded_diff
 from bitembed_jax.io import paths
+from bitembed_jax.io.model_dir import saved_steps
 
 CONFIG_FILE = "config.json"
 # keys that may change between a run and its resumption: they don't change what is being trained
@@ -40,12 +41,6 @@ def _flatten(d, prefix=""):
 
 def config_dict(cfg) -> dict:
     return json.loads(cfg.to_json())
-
-
-def saved_steps(workdir: str) -> list[int]:
-    """The finished checkpoints of a work dir (orbax renames a step's folder to its number once it is whole)."""
-    ckpts = paths.join(workdir, "checkpoints")
-    return sorted(int(p.name) for p in epath.Path(ckpts).iterdir() if p.name.isdigit()) if paths.exists(ckpts) else []
 
 
 def check_or_write_config(workdir: str, cfg, *, is_writer: bool = True) -> bool:

@@ -1,5 +1,6 @@
 """Build (once) the ArrayRecord dataset of a run and open its per-host pipeline."""
 import os
+import shutil
 
 import jax
 from jax.experimental import multihost_utils
@@ -22,13 +23,27 @@ def dataset_dir(cfg, workdir: str) -> tuple[str, bool]:
     return path, False
 
 
+def _stale(cfg, path: str) -> str | None:
+    return needs_rebuild(path, list(cfg.data.train_files), skip_bad=cfg.data.skip_bad, seed=cfg.data.seed)
+
+
+def drop_stale_dataset(cfg, workdir: str):
+    """A run started over may leave a dataset built from its earlier data files in WORKDIR/dataset: that one is
+    ours to rebuild (a config.data.dataset_dir of the user's, or a per-host cache copy, is never removed)."""
+    path, per_host = dataset_dir(cfg, workdir)
+    if cfg.data.dataset_dir or per_host or not os.path.isdir(path):
+        return
+    if _stale(cfg, path):
+        shutil.rmtree(path)
+
+
 def ensure_dataset(cfg, workdir: str, log=print) -> str:
     """Process 0 (or each host, see dataset_dir) builds the dataset if absent; a stale one (inputs changed) is
     an error, not silently reused."""
     path, per_host = dataset_dir(cfg, workdir)
     if per_host or jax.process_index() == 0:
         if os.path.exists(path) and os.listdir(path):
-            reason = needs_rebuild(path, list(cfg.data.train_files), skip_bad=cfg.data.skip_bad, seed=cfg.data.seed)
+            reason = _stale(cfg, path)
             if reason:
                 raise ValueError(f"config.data.dataset_dir: {path} does not match config.data.train_files "
                                  f"({reason}); remove it or point config.data.dataset_dir elsewhere")

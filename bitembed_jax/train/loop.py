@@ -1,7 +1,6 @@
 """``bitembed-jax train``: validate, load the student, build data, run the jitted step, checkpoint, resume."""
 import os
 import re
-import shutil
 import signal
 import sys
 import time
@@ -13,7 +12,7 @@ from flax import nnx
 from bitembed_jax.convert.fp_to_bitnet import converts, fp_to_bitnet
 from bitembed_jax.io import paths
 from bitembed_jax.io.model_dir import CONFIG_NAME, load_model_dir, read_config, resolve_model_dir, save_model_dir
-from bitembed_jax.models.config import ATTENTION, MODES, NORMS, POOLING
+from bitembed_jax.models.config import INIT_CHOICES
 from bitembed_jax.parallel.mesh import make_mesh, maybe_initialize_distributed, mesh_shape
 from bitembed_jax.train.checkpoint import Checkpointer, check_disk_room, check_or_write_config
 from bitembed_jax.train.metrics import MetricsWriter
@@ -49,8 +48,7 @@ def localize_inputs(cfg):
 
 def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: bool = True):
     """Cheap checks before anything is compiled or trained; each error names its config key."""
-    for key, choices in (("mode", MODES), ("norm", NORMS), ("act_bits", (8, 4)), ("attention", ATTENTION),
-                         ("pooling", POOLING)):
+    for key, choices in INIT_CHOICES.items():
         if cfg.init[key] not in choices:
             raise ValueError(f"config.init.{key}={cfg.init[key]!r} is not one of {', '.join(map(str, choices))}")
     if check_paths:
@@ -216,18 +214,6 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._old)
 
 
-def drop_stale_dataset(cfg, workdir: str):
-    """A run started over may leave a dataset built from its earlier data files in WORKDIR/dataset: that one is
-    ours to rebuild (a config.data.dataset_dir of the user's is never removed)."""
-    from bitembed_jax.data.tfds_builder import needs_rebuild
-
-    path = os.path.join(workdir, "dataset")
-    if cfg.data.dataset_dir or paths.is_remote(workdir) or not os.path.isdir(path):
-        return
-    if needs_rebuild(path, list(cfg.data.train_files), skip_bad=cfg.data.skip_bad, seed=cfg.data.seed):
-        shutil.rmtree(path)
-
-
 def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads=None):
     """Run (or resume) a training run in ``workdir``; returns the final model folder (None if stopped early).
 
@@ -244,6 +230,8 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
     if restarted:
         print(f"{workdir}: its earlier run stopped before its first checkpoint; starting over with this config")
         if is_main:
+            from bitembed_jax.train.data_setup import drop_stale_dataset
+
             drop_stale_dataset(cfg, workdir)
     mesh = make_mesh(cfg.mesh, devices)
 
