@@ -122,7 +122,7 @@ def evaluate(model_dir, queries, corpus, relevant, precisions=("fp32",)):
 
     from bitembed_jax.encode import Encoder
     from bitembed_jax.eval.local import embed_texts, retrieval_scores
-    from bitembed_jax.quant.embedding import model_storage, similarity
+    from bitembed_jax.quant.storage import model_storage, similarity
 
     enc = Encoder.from_pretrained(model_dir)
     docs = embed_texts(enc, corpus, batch_size=32)

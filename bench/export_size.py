@@ -12,7 +12,8 @@ from bitembed_jax.convert.hf_import import model_config_from_hf
 from bitembed_jax.export.model_card import export_sizes
 from bitembed_jax.io.model_dir import abstract_model
 from bitembed_jax.models.presets import PRESETS
-from bitembed_jax.quant.embedding import PRECISIONS, bytes_per_vector
+from bitembed_jax.choices import PRECISIONS
+from bitembed_jax.quant.storage import bytes_per_vector
 
 MODELS = {"Qwen3-0.6B": "Qwen/Qwen3-0.6B", "Gemma3-270M": "google/gemma-3-270m"}
 VARIANTS = [  # (format, dtype of embeddings and norms, int8 token embeddings)

@@ -166,7 +166,7 @@ def embeddings(name, model_dir, texts, args, wd):
 
 def similarities(table, s1, s2, precision, meta):
     from bitembed_jax.eval.local import pairwise_similarity
-    from bitembed_jax.quant.embedding import model_storage
+    from bitembed_jax.quant.storage import model_storage
 
     a, b = (model_storage(np.stack([table[t] for t in s]), precision, meta) for s in (s1, s2))
     return pairwise_similarity(a, b)

@@ -8,6 +8,6 @@ def __getattr__(name):
         from bitembed_jax.encode import Encoder
         return Encoder
     if name == "similarity":
-        from bitembed_jax.quant.embedding import similarity
+        from bitembed_jax.quant.storage import similarity
         return similarity
     raise AttributeError(name)

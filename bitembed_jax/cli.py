@@ -4,6 +4,8 @@ import json
 import os
 import sys
 
+from bitembed_jax import choices
+
 
 def _convert(args):
     opts = dict(mode="bitnet" if args.bitnet else "fp", norm=args.norm, act_bits=args.act_bits,
@@ -26,7 +28,7 @@ def _encode(args):
     from bitembed_jax.io.model_dir import read_config
 
     for flag, value in (("--batch-size", args.batch_size), ("--max-length", args.max_length)):
-        if value < 1:
+        if value is not None and value < 1:
             raise ValueError(f"{flag} {value}: must be at least 1")
     if os.path.isdir(args.input):
         raise ValueError(f"--input {args.input} is a folder; give a text file with one text per line")
@@ -141,10 +143,10 @@ def build_parser():
     src.add_argument("--gguf", help="a GGUF file (read and dequantized by transformers; needs the gguf package)")
     c.add_argument("--out", required=True)
     c.add_argument("--bitnet", action="store_true", help="ternary weights + low-bit activations (else fp)")
-    c.add_argument("--norm", default="per_linear", choices=["per_linear", "subln", "none"])
-    c.add_argument("--act-bits", type=int, default=8, choices=[8, 4])
-    c.add_argument("--attention", default="causal", choices=["causal", "bidirectional"])
-    c.add_argument("--pooling", default="last", choices=["last", "mean"])
+    c.add_argument("--norm", default="per_linear", choices=choices.NORMS)
+    c.add_argument("--act-bits", type=int, default=8, choices=choices.ACT_BITS)
+    c.add_argument("--attention", default="causal", choices=choices.ATTENTION)
+    c.add_argument("--pooling", default="last", choices=choices.POOLING)
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(func=_convert)
 
@@ -154,9 +156,10 @@ def build_parser():
     e.add_argument("--out", required=True,
                    help="FILE.npy of float32 vectors; FILE.npz of codes + scales for int*/binary or --dim")
     e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--max-length", type=int, default=512)
+    e.add_argument("--max-length", type=int, default=None,
+                   help=f"tokens per text (default: the model folder's, else {choices.DEFAULT_MAX_LENGTH})")
     e.add_argument("--prompt", default=None, help="prefix for every text (e.g. a query instruction)")
-    e.add_argument("--precision", default="fp32", choices=["fp32", "int8", "int4", "int2", "binary"])
+    e.add_argument("--precision", default="fp32", choices=choices.PRECISIONS)
     e.add_argument("--dim", type=int, default=None, help="Matryoshka dimension")
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=_encode)
@@ -192,7 +195,7 @@ def build_parser():
     add_eval_parser(sub)
 
     m = sub.add_parser("make-tiny", help="write a tiny random HF checkpoint + tokenizer (quickstart, tests)")
-    m.add_argument("--arch", default="qwen3", choices=["qwen3", "gemma3"])
+    m.add_argument("--arch", default="qwen3", choices=choices.ARCHS)
     m.add_argument("--out", required=True)
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--overwrite", action="store_true")

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bitembed_jax.data.pipeline import Tokenize
+from bitembed_jax.choices import DEFAULT_MAX_LENGTH
+from bitembed_jax.data.tokenize import Tokenize
 from bitembed_jax.io.model_dir import load_model_dir, read_config
 from bitembed_jax.models import embed
 
@@ -28,7 +29,8 @@ def tokenize(tokenizer: Tokenize, texts, max_length: int):
 
 
 class Encoder:
-    def __init__(self, model, tokenizer, *, max_length: int = 512, prompts: dict | None = None, meta=None):
+    def __init__(self, model, tokenizer, *, max_length: int = DEFAULT_MAX_LENGTH, prompts: dict | None = None,
+                 meta=None):
         self.cfg = model.cfg
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -38,10 +40,13 @@ class Encoder:
         self._tokenize = Tokenize(tokenizer, add_eos=self.cfg.pooling == "last")
 
     @classmethod
-    def from_pretrained(cls, path: str, *, max_length: int = 512, trust_remote_code: bool = False, **overrides):
+    def from_pretrained(cls, path: str, *, max_length: int | None = None, trust_remote_code: bool = False,
+                        **overrides):
+        """``max_length`` defaults to the folder's own (an export records the one it was made for)."""
         from transformers import AutoTokenizer
 
         _, meta = read_config(path)
+        max_length = int(max_length or meta.get("max_length") or DEFAULT_MAX_LENGTH)
         model, _ = load_model_dir(path, **overrides)
         if not os.path.exists(os.path.join(path, "tokenizer_config.json")):
             raise FileNotFoundError(f"{path}: no tokenizer files (tokenizer_config.json) in the model folder")
@@ -76,5 +81,5 @@ class Encoder:
         vecs = np.concatenate(out)
         if precision == "fp32" and dim is None:
             return vecs
-        from bitembed_jax.quant.embedding import model_storage
+        from bitembed_jax.quant.storage import model_storage
         return model_storage(vecs, precision, self.meta, dim)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bitembed_jax.data import PairPipeline, RecordError, build_dataset, needs_rebuild
-from bitembed_jax.data.pipeline import Tokenize
+from bitembed_jax.data.tokenize import Tokenize
 from tests.hf_fixtures import SHARED_DATA
 from tests.tokenizer_fixture import make_tokenizer
 

@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 
 import bitembed_jax
-from bitembed_jax.quant.embedding import (
-    PRECISIONS, StoredEmbeddings, _int_codes, bytes_per_vector, calibrate_scale, decode_storage,
-    encode_storage, hamming, matryoshka, quantize, quantize_ste, similarity)
+from bitembed_jax.choices import PRECISIONS
+from bitembed_jax.quant.embedding import matryoshka, quantize, quantize_ste
+from bitembed_jax.quant.storage import (
+    StoredEmbeddings, int_codes, bytes_per_vector, calibrate_scale, decode_storage, encode_storage, hamming, similarity,
+)
 
 INT = ("int8", "int4", "int2")
 DIMS = (1, 3, 7, 8, 13, 64)  # not divisible by 2 / 4 / 8 included
@@ -33,7 +35,7 @@ def test_storage_round_trip_matches_jax(precision, d):
 @pytest.mark.parametrize("precision", INT)
 def test_int_codes_are_on_grid(precision):
     e = _vecs(20, 13)
-    c = _int_codes(encode_storage(e, precision))
+    c = int_codes(encode_storage(e, precision))
     allowed = {"int8": range(-127, 128), "int4": range(-7, 8), "int2": (-3, -1, 1, 3)}[precision]
     assert set(np.unique(c).tolist()) <= set(allowed)
     if precision != "int2":  # mid-tread: each vector's absmax lands on the top code

@@ -68,7 +68,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_cli_encode_quantized_keeps_scales(encoder_dir, tmp_path):
-    from bitembed_jax.quant.embedding import StoredEmbeddings, decode_storage, encode_storage
+    from bitembed_jax.quant.storage import StoredEmbeddings, decode_storage, encode_storage
 
     inp = tmp_path / "texts.txt"
     inp.write_text("\n".join(TEXTS) + "\n")

@@ -10,7 +10,8 @@ import pytest
 
 from bitembed_jax.eval import local
 from bitembed_jax.eval.cli_eval import add_eval_parser
-from bitembed_jax.quant.embedding import PRECISIONS, bytes_per_vector, encode_storage, similarity
+from bitembed_jax.choices import PRECISIONS
+from bitembed_jax.quant.storage import bytes_per_vector, encode_storage, similarity
 from tests.hf_fixtures import SHARED_DATA
 
 STSB = os.path.join(SHARED_DATA, "stsb", "sts.tsv")

@@ -17,7 +17,7 @@ from mteb.types import PromptType
 from bitembed_jax.eval import local
 from bitembed_jax.eval.cli_eval import add_eval_parser
 from bitembed_jax.eval.mteb_wrapper import MEAN, MTEBEncoder, evaluate_mteb
-from bitembed_jax.quant.embedding import encode_storage
+from bitembed_jax.quant.storage import encode_storage
 
 RETRIEVAL_PROMPT = "Find the document about the topic."
 TEMPLATE = "Instruct: {}\nQuery: "

@@ -138,3 +138,52 @@ def test_fingerprint_follows_names_and_contents_not_location(tmp_path):
     assert fingerprint(str(a)) != fp
     with pytest.raises(FileNotFoundError, match="no/such: not a folder"):
         fingerprint(str(tmp_path / "no" / "such"))
+
+
+def _modes(root):
+    return {str(p.relative_to(root)): p.stat().st_mode & 0o777 for p in [root, *root.rglob("*")]}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_folders_follow_the_umask(tiny_qwen3, tmp_path, umask):
+    """convert and export write through a temporary folder (mkdtemp: 0700); what lands must have the modes a
+    plain mkdir/open gives under the umask, or a server running as another user cannot load the model."""
+    from bitembed_jax.convert.hf_import import convert
+    from bitembed_jax.export.hf_export import export
+
+    old = os.umask(umask)
+    try:
+        enc = tmp_path / "enc"
+        convert(tiny_qwen3, str(enc), mode="bitnet")
+        out = tmp_path / "export"
+        export(str(enc), str(out), fmt="base3", log=lambda *a: None)
+    finally:
+        os.umask(old)
+    import pathlib
+    for root in (pathlib.Path(enc), pathlib.Path(out)):
+        modes = _modes(root)
+        want = {rel: (0o777 if (root / rel).is_dir() else 0o666) & ~umask for rel in modes}
+        assert modes == want
+        assert "model.safetensors" in {p.name for p in root.rglob("*")} or (root / "params").is_dir()
+
+
+def test_replace_dir_keeps_the_old_folder_when_the_new_one_cannot_move(tmp_path, monkeypatch):
+    out, tmp = tmp_path / "out", tmp_path / "new"
+    out.mkdir()
+    (out / "a").write_text("old")
+    tmp.mkdir()
+    (tmp / "a").write_text("new")
+    real = os.replace
+
+    def failing(src, dst):
+        if str(src) == str(tmp):
+            raise OSError("disk gone")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="disk gone"):
+        paths.replace_dir(str(tmp), str(out))
+    assert (out / "a").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["new", "out"]
+    monkeypatch.setattr(os, "replace", real)
+    paths.replace_dir(str(tmp), str(out))
+    assert (out / "a").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -7,7 +7,7 @@ _EXPORTS = {
     "validate_files": "records",
     "BuildSummary": "tfds_builder", "build_dataset": "tfds_builder", "needs_rebuild": "tfds_builder",
     "load_metadata": "tfds_builder",
-    "PairPipeline": "pipeline", "DEFAULT_QUERY_TEMPLATE": "pipeline",
+    "PairPipeline": "pipeline", "DEFAULT_QUERY_TEMPLATE": "tokenize", "Tokenize": "tokenize",
 }
 __all__ = sorted(_EXPORTS)
 

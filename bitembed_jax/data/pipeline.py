@@ -15,15 +15,14 @@ with fewer repeats its list to fill k. A record with none cannot be filled, so t
 if the split has any such record (the build records the counts): train with ``num_negatives=0``
 (in-batch negatives only) or add negatives to the data.
 """
-from typing import Any, Sequence
+from typing import Any
 
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
 from bitembed_jax.data import tfds_builder
-
-DEFAULT_QUERY_TEMPLATE = "Instruct: {instruction}\nQuery: {query}"
+from bitembed_jax.data.tokenize import DEFAULT_QUERY_TEMPLATE, Tokenize
 
 
 def _text(x: Any) -> str:
@@ -43,40 +42,6 @@ class _PickNegatives(grain.transforms.RandomMap):
             order = rng.permutation(len(pool))
             out["negatives"] = [pool[order[i % len(pool)]] for i in range(self.k)]
         return out
-
-
-class Tokenize:
-    """Texts -> right-padded int32 ids and masks of a fixed length (static shapes for jit).
-
-    With ``add_eos`` every sequence ends in EOS (last-token pooling reads it): it is appended unless
-    the tokenizer already adds it, and truncation keeps room for it.
-    """
-
-    def __init__(self, tokenizer, *, add_eos: bool = True):
-        self.tokenizer = tokenizer
-        self.add_eos = add_eos
-        if add_eos and tokenizer.eos_token_id is None:
-            raise ValueError("add_eos=True but the tokenizer has no eos_token; set one or pass add_eos=False")
-        self.eos_id = tokenizer.eos_token_id
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out anyway
-        probe = tokenizer("a", add_special_tokens=True)["input_ids"]
-        self.tokenizer_adds_eos = bool(probe) and probe[-1] == self.eos_id
-
-    def __call__(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-        # no truncation=... here: it mutates the shared Rust tokenizer, which fails under grain's threads
-        encoded = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
-        ids = np.full((len(texts), max_len), self.pad_id, np.int32)
-        mask = np.zeros((len(texts), max_len), np.int32)
-        for row, seq in enumerate(encoded):
-            if self.add_eos:
-                if self.tokenizer_adds_eos:
-                    seq = seq[:-1]
-                seq = list(seq[:max_len - 1]) + [self.eos_id]
-            else:
-                seq = seq[:max_len]
-            ids[row, :len(seq)] = seq
-            mask[row, :len(seq)] = 1
-        return ids, mask
 
 
 def _allow_unparsed_absl_flags() -> None:

@@ -3,10 +3,10 @@ precisions and Matryoshka dims, with an optional fp32 teacher as the reference."
 import json
 import os
 
+from bitembed_jax.choices import DEFAULT_MAX_LENGTH, PRECISIONS
+
 
 def parse_precisions(text: str) -> list[str]:
-    from bitembed_jax.quant.embedding import PRECISIONS  # here, not at import: building the cli stays jax-free
-
     if text == "all":
         return list(PRECISIONS)
     out = [p.strip() for p in text.split(",") if p.strip()]
@@ -130,7 +130,8 @@ def add_eval_parser(subparsers):
     e.add_argument("--precision", default="fp32", help="'all' or a comma list of fp32,int8,int4,int2,binary")
     e.add_argument("--dims", default=None, help="comma list of Matryoshka dims (default: the full size)")
     e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--max-length", type=int, default=512)
+    e.add_argument("--max-length", type=int, default=None,
+                   help=f"tokens per text (default: the model folder's, else {DEFAULT_MAX_LENGTH})")
     e.add_argument("--query-prompt", default=None,
                    help="prefix of --retrieval queries (default: the query prompt saved with each model)")
     e.add_argument("--sts-prompt", default="", help="prefix of both --sts sentences (default: none)")

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from bitembed_jax.quant.embedding import StoredEmbeddings, model_storage, similarity
+from bitembed_jax.quant.storage import StoredEmbeddings, model_storage, similarity
 
 NDCG_K, MRR_K, RECALL_K = 10, 10, 100
 _SCORE_BLOCK = 2 ** 24  # query x corpus scores held at once

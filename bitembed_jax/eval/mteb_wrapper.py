@@ -26,9 +26,10 @@ from mteb.models.abs_encoder import AbsEncoder, get_prompt_name
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
-from bitembed_jax.data.pipeline import DEFAULT_QUERY_TEMPLATE
+from bitembed_jax.data.tokenize import DEFAULT_QUERY_TEMPLATE
 from bitembed_jax.eval.local import embed_texts
-from bitembed_jax.quant.embedding import PRECISIONS, decode_storage, model_storage
+from bitembed_jax.choices import PRECISIONS
+from bitembed_jax.quant.storage import decode_storage, model_storage
 
 MEAN = "mteb mean"  # the dataset name of the rows averaging all tasks
 
@@ -53,7 +54,7 @@ class MTEBEncoder(AbsEncoder):
         self.set_output(precision, dim)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str, *, max_length: int = 512, **kw) -> "MTEBEncoder":
+    def from_pretrained(cls, model_dir: str, *, max_length: int | None = None, **kw) -> "MTEBEncoder":
         from bitembed_jax.encode import Encoder
         from bitembed_jax.io.model_dir import CONFIG_NAME
 
@@ -138,7 +139,7 @@ def evaluate_mteb(model: MTEBEncoder, tasks, settings, output_dir: str) -> list[
     import mteb
     from mteb.abstasks.aggregated_task import AbsTaskAggregate
 
-    from bitembed_jax.quant.embedding import bytes_per_vector
+    from bitembed_jax.quant.storage import bytes_per_vector
 
     cache = mteb.ResultCache(cache_path=output_dir)
     scales = model.encoder.meta.get("embedding_scales", {})

@@ -1,4 +1,5 @@
 """The ``export`` subcommand: ``add_export_parser(subparsers)`` registers it (kept jax-free until run)."""
+from bitembed_jax.choices import DEFAULT_MAX_LENGTH, DTYPES, EXPORT_FORMATS, LINEAR_CLASSES
 
 
 def run_export(args) -> None:
@@ -19,15 +20,15 @@ def add_export_parser(subparsers):
                     "(1.6 bits per weight, any layout) is read back exactly by bitembed-jax.")
     x.add_argument("--checkpoint", required=True, help="a model folder, or a training workdir (its model/)")
     x.add_argument("--out", required=True, help="the export folder to write")
-    x.add_argument("--format", default="bitnet-2bit", choices=["bitnet-2bit", "base3"])
-    x.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+    x.add_argument("--format", default="bitnet-2bit", choices=EXPORT_FORMATS)
+    x.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="token embeddings and norms (float32: exact; bfloat16: half the size)")
     x.add_argument("--int8-embeddings", action="store_true",
                    help="base3: int8 token embeddings with a float32 scale per row")
-    x.add_argument("--linear-class", default="bitlinear", choices=["bitlinear", "autobitlinear"],
+    x.add_argument("--linear-class", default="bitlinear", choices=LINEAR_CLASSES,
                    help="bitnet-2bit: transformers' layer class (bitlinear keeps weights packed in memory)")
     x.add_argument("--max-length", type=int, default=None,
-                   help="sentence-transformers max_seq_length (default: the folder's, else 512)")
+                   help=f"sentence-transformers max_seq_length (default: the folder's, else {DEFAULT_MAX_LENGTH})")
     x.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     x.add_argument("--push-to-hub", default=None, metavar="ORG/NAME",
                    help="upload the folder afterwards (token from HF_TOKEN or `hf auth login`)")

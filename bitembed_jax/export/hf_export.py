@@ -45,27 +45,24 @@ replaced with ``overwrite=True``.
 """
 import json
 import os
-import shutil
-import tempfile
 
 import ml_dtypes
 import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
+from bitembed_jax.choices import DEFAULT_MAX_LENGTH, DTYPES, EXPORT_FORMATS, LINEAR_CLASSES
 from bitembed_jax.convert.name_maps import INVERSE, LINEAR, expand
 from bitembed_jax.export.model_card import export_sizes, linears, model_card, tensor_sizes
 from bitembed_jax.export.packing import pack_base3, pack_bitnet_2bit
 from bitembed_jax.export.st_files import write_sentence_transformers, write_tokenizer
+from bitembed_jax.io import paths
 from bitembed_jax.io.model_dir import CONFIG_NAME, check_writable, load_model_dir, read_config, resolve_model_dir
 from bitembed_jax.io.state_paths import flat_params
 
-FORMATS = ("bitnet-2bit", "base3")
-DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
-LINEAR_CLASSES = ("bitlinear", "autobitlinear")
+NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 WEIGHTS = "model.safetensors"
 FORMAT_VERSION = 1
-DEFAULT_MAX_LENGTH = 512
 
 
 def refusal(cfg, fmt: str, *, int8_embeddings: bool = False) -> str | None:
@@ -125,7 +122,7 @@ def hf_config(cfg, quantization_config: dict | None, dtype: str = "float32") -> 
 
 
 def _float(x, dtype: str) -> np.ndarray:
-    return np.asarray(x, np.float32).astype(DTYPES[dtype])
+    return np.asarray(x, np.float32).astype(NP_DTYPES[dtype])
 
 
 def _int8_rows(e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -189,23 +186,6 @@ def base3_tensors(model, *, dtype: str = "float32", int8_embeddings: bool = Fals
     return tensors, meta
 
 
-def _replace_dir(tmp: str, out_dir: str) -> None:
-    """Move ``tmp`` to ``out_dir``; an old ``out_dir`` is removed only once the new one is in place."""
-    old = None
-    if os.path.exists(out_dir):
-        old = tempfile.mkdtemp(prefix=".old-" + os.path.basename(out_dir) + "-", dir=os.path.dirname(out_dir))
-        os.rmdir(old)
-        os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def export(checkpoint_dir: str, out_dir: str, *, fmt: str = "bitnet-2bit", overwrite: bool = False,
            int8_embeddings: bool = False, dtype: str = "float32", linear_class: str = "bitlinear",
            max_length: int | None = None, push_to_hub: str | None = None, private: bool = False, hub_client=None,
@@ -221,14 +201,14 @@ def export(checkpoint_dir: str, out_dir: str, *, fmt: str = "bitnet-2bit", overw
     int8_embeddings: base3 only; int8 token embeddings with a float32 scale per row.
     linear_class: "bitlinear" (weight_scale = 1/gamma, weights stay packed in PyTorch memory) or
       "autobitlinear" (weight_scale = gamma, unpacked at load).
-    max_length: sentence-transformers' max_seq_length (default: the folder's ``max_length`` or 512).
+    max_length: sentence-transformers' max_seq_length (default: the folder's ``max_length`` or DEFAULT_MAX_LENGTH).
     push_to_hub: "ORG/NAME" to upload the folder afterwards (``hub.push_to_hub``; the token comes from
       HF_TOKEN or ``hf auth login`` and is never read, printed or written here); ``hub_client`` replaces
       ``huggingface_hub.HfApi()`` (tests).
     Returns the absolute path of the written folder.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"--format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if linear_class not in LINEAR_CLASSES:
@@ -251,10 +231,7 @@ def export(checkpoint_dir: str, out_dir: str, *, fmt: str = "bitnet-2bit", overw
     max_length = int(max_length or meta.get("max_length") or DEFAULT_MAX_LENGTH)
     model, _ = load_model_dir(checkpoint_dir)
 
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
-    try:
+    with paths.atomic_dir(out_dir) as tmp:
         info = {"format": fmt, "version": FORMAT_VERSION, "dtype": dtype, "int8_embeddings": int8_embeddings}
         if fmt == "bitnet-2bit":
             info["linear_class"] = linear_class
@@ -288,10 +265,6 @@ def export(checkpoint_dir: str, out_dir: str, *, fmt: str = "bitnet-2bit", overw
             raise RuntimeError(f"internal: size accounting {sizes['components']} != written {tensor_sizes(tensors)}")
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
             f.write(model_card(cfg, meta, fmt, sizes, linear_class=linear_class))
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if push_to_hub is not None:
         from bitembed_jax.export.hub import push_to_hub as push
         push(out_dir, push_to_hub, private=private, client=hub_client, log=log)

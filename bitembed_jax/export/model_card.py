@@ -85,7 +85,8 @@ def size_table(s: dict) -> str:
 
 
 def vector_table(cfg, meta: dict) -> str:
-    from bitembed_jax.quant.embedding import PRECISIONS, bytes_per_vector
+    from bitembed_jax.choices import PRECISIONS
+    from bitembed_jax.quant.storage import bytes_per_vector
 
     trained = set(meta.get("precisions") or ["fp32"])
     dims = sorted({int(d) or cfg.hidden_size for d in (meta.get("matryoshka_dims") or [0])}, reverse=True)

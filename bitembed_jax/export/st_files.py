@@ -67,7 +67,7 @@ def write_tokenizer(src_dir: str, dst_dir: str, *, append_eos: bool, max_length:
     """Copy the tokenizer files; with ``append_eos`` make the tokenizer end every text with EOS."""
     from transformers import AutoTokenizer
 
-    from bitembed_jax.data.pipeline import Tokenize
+    from bitembed_jax.data.tokenize import Tokenize
 
     names = [n for n in TOKENIZER_FILES if os.path.exists(os.path.join(src_dir, n))]
     if "tokenizer_config.json" not in names:

@@ -51,10 +51,7 @@ def save_model_dir(out_dir: str, model, cfg: ModelConfig, *, tokenizer_dir=None,
 def _save_local(out_dir, model, cfg, tokenizer_dir, extra, overwrite):
     out_dir = os.path.abspath(out_dir)
     check_writable(out_dir, overwrite)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
-    try:
+    with paths.atomic_dir(out_dir) as tmp:
         params = flat_params(nnx.state(model))
         ckpt = ocp.StandardCheckpointer()
         ckpt.save(os.path.join(tmp, PARAMS_DIR), {k: np.asarray(jax.device_get(v)) for k, v in params.items()})
@@ -66,12 +63,6 @@ def _save_local(out_dir, model, cfg, tokenizer_dir, extra, overwrite):
                 src = os.path.join(tokenizer_dir, name)
                 if os.path.exists(src):
                     shutil.copy2(src, os.path.join(tmp, name))
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -4,10 +4,12 @@ What is written remotely (checkpoints, config, metrics, model folders) goes thro
 by libraries that want local files (transformers folders, the JSONL/Parquet reader, ArrayRecord) is first
 copied to a per-host cache with ``local_copy``.
 """
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 
 from etils import epath
 
@@ -38,6 +40,70 @@ def write_text_atomic(path: str, text: str):
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (os.umask can only be read by setting it, which races with
+    other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(root: str) -> None:
+    """Give ``root`` and everything under it the modes a plain mkdir/open would have (0777/0666 less the
+    umask): temporary folders (mkdtemp: 0700) and some writers' files (0600) would otherwise keep a model
+    from a server running as another user."""
+    mask = current_umask()
+    os.chmod(root, 0o777 & ~mask)
+    for folder, dirs, files in os.walk(root):
+        for d in dirs:
+            os.chmod(os.path.join(folder, d), 0o777 & ~mask)
+        for f in files:
+            os.chmod(os.path.join(folder, f), 0o666 & ~mask)
+
+
+def replace_dir(tmp: str, out_dir: str) -> None:
+    """Move the finished folder ``tmp`` to ``out_dir``; an old ``out_dir`` is moved aside first and removed only
+    once the new one is in place, so a crash in between leaves one of the two, never neither."""
+    old = None
+    if os.path.lexists(out_dir):
+        old = tempfile.mkdtemp(prefix=".old-" + os.path.basename(out_dir) + "-", dir=os.path.dirname(out_dir))
+        os.rmdir(old)
+        os.replace(out_dir, old)
+    try:
+        os.replace(tmp, out_dir)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: str):
+    """Yield a temporary sibling of the local folder ``out_dir`` to fill; when the block ends without an
+    error it gets the umask's modes and replaces ``out_dir`` (``replace_dir``); on an error it is removed.
+    Callers check ``out_dir`` may be replaced (``--overwrite``) before doing the work."""
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
+    try:
+        yield tmp
+        follow_umask(tmp)
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def copy_tree(src: str, dst: str, last: str | None = None):

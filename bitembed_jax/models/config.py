@@ -5,15 +5,7 @@ from typing import Optional
 
 import jax.numpy as jnp
 
-ARCHS = ("qwen3", "gemma3")
-MODES = ("fp", "bitnet")
-NORMS = ("per_linear", "subln", "none")
-ATTENTION = ("causal", "bidirectional")
-POOLING = ("last", "mean")
-ACT_BITS = (8, 4)
-# what config.init may ask of an encoder (validated before a model exists)
-INIT_CHOICES = {"mode": MODES, "norm": NORMS, "act_bits": ACT_BITS, "attention": ATTENTION, "pooling": POOLING}
-ROPE_TYPES = ("default", "linear")
+from bitembed_jax.choices import ACT_BITS, ARCHS, ATTENTION, DTYPES, MODES, NORMS, POOLING, ROPE_TYPES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,12 +41,12 @@ class ModelConfig:
 
     def __post_init__(self):
         checks = [("arch", ARCHS), ("mode", MODES), ("norm", NORMS), ("attention", ATTENTION),
-                  ("pooling", POOLING), ("rope_type", ROPE_TYPES), ("dtype", ("float32", "bfloat16"))]
+                  ("pooling", POOLING), ("rope_type", ROPE_TYPES), ("dtype", DTYPES)]
         for key, allowed in checks:
             if getattr(self, key) not in allowed:
                 raise ValueError(f"model.{key}={getattr(self, key)!r} is not one of {allowed}")
         if self.act_bits not in ACT_BITS:
-            raise ValueError(f"model.act_bits={self.act_bits} must be 8 or 4")
+            raise ValueError(f"model.act_bits={self.act_bits} must be one of {ACT_BITS}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"model.num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         if len(self.layer_types) not in (0, self.num_layers):

@@ -12,7 +12,7 @@ from flax import nnx
 from bitembed_jax.convert.fp_to_bitnet import converts, fp_to_bitnet
 from bitembed_jax.io import paths
 from bitembed_jax.io.model_dir import CONFIG_NAME, load_model_dir, read_config, resolve_model_dir, save_model_dir
-from bitembed_jax.models.config import INIT_CHOICES
+from bitembed_jax.choices import INIT_CHOICES, PRECISIONS, TRAINING_STAGES
 from bitembed_jax.parallel.mesh import make_mesh, maybe_initialize_distributed, mesh_shape
 from bitembed_jax.train.checkpoint import Checkpointer, check_disk_room, check_or_write_config
 from bitembed_jax.train.metrics import MetricsWriter
@@ -80,16 +80,16 @@ def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: 
     if cfg.loss.learnable_temperature and chunks > 1:
         raise ValueError("config.loss.learnable_temperature needs config.loss.num_chunks=1 (GradCache keeps "
                          "the temperature fixed)")
-    bad = sorted(set(cfg.loss.precisions) - {"fp32", "int8", "int4", "int2", "binary"})
+    bad = sorted(set(cfg.loss.precisions) - set(PRECISIONS))
     if bad:
-        raise ValueError(f"config.loss.precisions: unknown precisions {bad}; use fp32, int8, int4, int2, binary")
+        raise ValueError(f"config.loss.precisions: unknown precisions {bad}; use {', '.join(PRECISIONS)}")
     if not any(w > 0 for w in cfg.loss.precisions.values()):
         raise ValueError("config.loss.precisions: at least one precision needs a positive weight")
     if any(int(d) < 0 for d in cfg.loss.matryoshka_dims) or not cfg.loss.matryoshka_dims:
         raise ValueError(f"config.loss.matryoshka_dims={list(cfg.loss.matryoshka_dims)}: dims >= 0 (0 = full), "
                          "at least one")
-    if cfg.stage not in ("pretrain", "finetune"):
-        raise ValueError(f"config.stage={cfg.stage!r} must be pretrain or finetune")
+    if cfg.stage not in TRAINING_STAGES:
+        raise ValueError(f"config.stage={cfg.stage!r} must be one of {', '.join(TRAINING_STAGES)}")
     for key in DISTILL_WEIGHTS:
         if cfg.distill[key] < 0:
             raise ValueError(f"config.distill.{key}={cfg.distill[key]} must be >= 0")

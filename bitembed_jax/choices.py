@@ -1,0 +1,23 @@
+"""Every closed set of options in one place (no jax import: the CLI's parser and config checks read it).
+
+argparse choices, ``ModelConfig``'s checks, the training config checks and the error messages all use these.
+"""
+ARCHS = ("qwen3", "gemma3")
+MODES = ("fp", "bitnet")
+NORMS = ("per_linear", "subln", "none")
+ATTENTION = ("causal", "bidirectional")
+POOLING = ("last", "mean")
+ACT_BITS = (8, 4)
+ROPE_TYPES = ("default", "linear")
+DTYPES = ("float32", "bfloat16")
+# what config.init may ask of an encoder (validated before a model exists)
+INIT_CHOICES = {"mode": MODES, "norm": NORMS, "act_bits": ACT_BITS, "attention": ATTENTION, "pooling": POOLING}
+
+# output embedding precisions, from widest to narrowest
+PRECISIONS = ("fp32", "int8", "int4", "int2", "binary")
+EXPORT_FORMATS = ("bitnet-2bit", "base3")
+LINEAR_CLASSES = ("bitlinear", "autobitlinear")
+TRAINING_STAGES = ("pretrain", "finetune")
+
+# tokens per text when a model folder does not say (encode, eval, export's sentence-transformers config)
+DEFAULT_MAX_LENGTH = 512
