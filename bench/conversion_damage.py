@@ -46,7 +46,7 @@ def main(argv=None):
     from transformers import AutoTokenizer
 
     from bitembed_jax.eval.local import read_sts
-    from bitembed_jax.io.model_dir import load_model_dir
+    from bitembed_jax.io.load import load_model_dir
     from bitembed_jax.layers.bitlinear import BitLinear
     from bitembed_jax.models import pool
     from bitembed_jax.quant.activation import absmax_quantize

@@ -96,7 +96,9 @@ def bitnet_from_fp(fp_dir, out_dir):
     import jax.numpy as jnp
     from flax import nnx
 
-    from bitembed_jax.io.model_dir import abstract_model, load_model_dir, read_config, save_model_dir
+    from bitembed_jax.io.model_dir import abstract_model, read_config, save_model_dir
+
+    from bitembed_jax.io.load import load_model_dir
     from bitembed_jax.io.state_paths import fill_state, flat_params
 
     fp_model, fp_cfg = load_model_dir(fp_dir)

@@ -9,7 +9,8 @@ from flax import nnx
 
 from bitembed_jax.choices import DEFAULT_MAX_LENGTH
 from bitembed_jax.data.tokenize import Tokenize
-from bitembed_jax.io.model_dir import load_model_dir, read_config
+from bitembed_jax.io.load import load_model_dir
+from bitembed_jax.io.model_dir import read_config
 from bitembed_jax.models import embed
 
 

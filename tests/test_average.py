@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 
 from bitembed_jax.cli import main
-from bitembed_jax.io.model_dir import load_model_dir, read_config, save_model_dir
+from bitembed_jax.io.load import load_model_dir
+from bitembed_jax.io.model_dir import read_config, save_model_dir
 from bitembed_jax.io.state_paths import flat_params
 
 

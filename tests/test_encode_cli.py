@@ -33,7 +33,7 @@ def test_encode_equals_model_forward(encoder_dir):
     """The Encoder's vectors are the pooled last-token (EOS) state of the model."""
     import jax.numpy as jnp
 
-    from bitembed_jax.io.model_dir import load_model_dir
+    from bitembed_jax.io.load import load_model_dir
     from bitembed_jax.models import embed
 
     enc = Encoder.from_pretrained(encoder_dir)

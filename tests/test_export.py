@@ -15,11 +15,12 @@ from bitembed_jax.convert.hf_import import convert, model_config_from_hf
 from bitembed_jax.encode import Encoder
 from bitembed_jax.export.cli_export import add_export_parser
 from bitembed_jax.export.hf_export import export, hf_config, refusal
-from bitembed_jax.export.load import load_encoder, load_export
-from bitembed_jax.export.model_card import export_sizes, linears, tensor_sizes
-from bitembed_jax.export.packing import unpack_base3, unpack_bitnet_2bit
+from bitembed_jax.export.model_card import export_sizes, tensor_sizes
 from bitembed_jax.export.st_files import write_tokenizer
-from bitembed_jax.io.model_dir import abstract_model, load_model_dir, read_config
+from bitembed_jax.io.load import load_export, load_model_dir
+from bitembed_jax.io.model_dir import abstract_model, read_config
+from bitembed_jax.layers.bitlinear import linears
+from bitembed_jax.quant.packing import unpack_base3, unpack_bitnet_2bit
 from bitembed_jax.models import embed
 from tests.test_hf_parity import _batch
 
@@ -66,7 +67,7 @@ def test_base3_reloads_to_the_checkpoints_exact_embeddings(ckpts, tmp_path, name
     np.testing.assert_array_equal(_embeddings(reloaded), _embeddings(model))  # bit for bit, eager
     # and through the jitted Encoder, with the exported tokenizer
     want = Encoder.from_pretrained(ckpts[name]).encode(TEXTS, prompt=PROMPT)
-    np.testing.assert_array_equal(load_encoder(out).encode(TEXTS, prompt=PROMPT), want)
+    np.testing.assert_array_equal(Encoder.from_pretrained(out).encode(TEXTS, prompt=PROMPT), want)
 
     assert {"README.md", "tokenizer.json", "tokenizer_config.json", "bitembed_config.json", "model.safetensors"} <= set(
         os.listdir(out))
@@ -135,7 +136,7 @@ def test_bitnet_2bit_loads_in_transformers_and_sentence_transformers(ckpts, tmp_
         assert np.median(np.abs(a - b)) < 1e-5 and np.abs(a - b).max() < 2e-2, np.abs(a - b).max()
         assert (a * b).sum(1).min() > 0.999
     # our JAX loader reads this format too, exactly (the gammas ride in the safetensors metadata)
-    np.testing.assert_array_equal(load_encoder(out).encode(TEXTS), ours.encode(TEXTS))
+    np.testing.assert_array_equal(Encoder.from_pretrained(out).encode(TEXTS), ours.encode(TEXTS))
 
 
 def test_int8_embeddings_and_bf16(ckpts, tmp_path):

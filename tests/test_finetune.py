@@ -76,7 +76,7 @@ def test_bitnet_student_from_fp_folder_with_alignment(tiny_qwen3, tmp_path):
     """A bitnet student started from one of our fp model folders (e.g. the trained teacher) equals the bitnet
     import of the same weights, and trains with the pooled and hidden-state alignment terms."""
     from bitembed_jax.convert.fp_to_bitnet import fp_to_bitnet
-    from bitembed_jax.io.model_dir import load_model_dir
+    from bitembed_jax.io.load import load_model_dir
     from bitembed_jax.io.state_paths import flat_params
     from flax import nnx
 

@@ -2,7 +2,7 @@
 import numpy as np
 
 from bitembed_jax.convert.hf_import import convert, import_hf
-from bitembed_jax.io.model_dir import load_model_dir
+from bitembed_jax.io.load import load_model_dir
 
 
 def test_convert_and_load_exact(tiny_gemma3, tmp_path):

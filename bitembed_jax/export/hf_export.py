@@ -32,7 +32,7 @@ Two formats (``export(..., fmt=...)``):
     Five ternary values per byte (3^5 = 243 <= 256: 1.6 bits per weight), every norm layout, plus each
     linear's float32 scale (tensor ``<kernel path>.scale``; per tensor or per output row) and the format
     version, layout and shapes in the safetensors metadata. For bitembed-jax: ``load_export`` /
-    ``load_encoder`` give back a model whose embeddings equal the checkpoint's bit for bit.
+    ``Encoder.from_pretrained`` give back a model whose embeddings equal the checkpoint's bit for bit.
 
 Token embeddings and norms are written in ``dtype`` (float32 default, exact; bfloat16 halves them), or,
 with ``int8_embeddings`` (base3 only), the token embeddings as int8 codes with a float32 scale per row
@@ -53,11 +53,13 @@ from safetensors.numpy import save_file
 
 from bitembed_jax.choices import DEFAULT_MAX_LENGTH, DTYPES, EXPORT_FORMATS, LINEAR_CLASSES
 from bitembed_jax.convert.name_maps import INVERSE, LINEAR, expand
-from bitembed_jax.export.model_card import export_sizes, linears, model_card, tensor_sizes
-from bitembed_jax.export.packing import pack_base3, pack_bitnet_2bit
+from bitembed_jax.export.model_card import export_sizes, model_card, tensor_sizes
+from bitembed_jax.layers.bitlinear import linears
+from bitembed_jax.quant.packing import pack_base3, pack_bitnet_2bit
 from bitembed_jax.export.st_files import write_sentence_transformers, write_tokenizer
 from bitembed_jax.io import paths
-from bitembed_jax.io.model_dir import CONFIG_NAME, check_writable, load_model_dir, read_config, resolve_model_dir
+from bitembed_jax.io.model_dir import CONFIG_NAME, check_writable, read_config, resolve_model_dir
+from bitembed_jax.io.load import load_model_dir
 from bitembed_jax.io.state_paths import flat_params
 
 NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}

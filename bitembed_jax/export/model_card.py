@@ -5,16 +5,11 @@ import numpy as np
 from flax import nnx
 
 from bitembed_jax.convert.name_maps import expand
-from bitembed_jax.io.state_paths import flat_params, path_str
-from bitembed_jax.layers.bitlinear import BitLinear
+from bitembed_jax.io.state_paths import flat_params
+from bitembed_jax.layers.bitlinear import linears
 
 COMPONENTS = ("token embeddings", "ternary linears (packed)", "linear scales", "norms and biases")
 FLOAT_BYTES = {"float32": 4, "bfloat16": 2}
-
-
-def linears(model) -> dict:
-    """{dotted path of the kernel: BitLinear} (works on abstract models too)."""
-    return {path_str(p) + ".kernel": node for p, node in nnx.iter_graph(model) if isinstance(node, BitLinear)}
 
 
 def export_sizes(model, cfg, fmt: str, *, dtype: str = "float32", int8_embeddings: bool = False) -> dict:
@@ -100,10 +95,10 @@ def vector_table(cfg, meta: dict) -> str:
 
 def _usage(cfg, fmt: str, prompt: str) -> str:
     q = f'prompt={prompt!r}' if prompt else ""
-    jax_part = ("```python\nfrom bitembed_jax.export.load import load_encoder\n\nenc = load_encoder(\"PATH\")\n"
+    jax_part = ("```python\nfrom bitembed_jax import Encoder\n\nenc = Encoder.from_pretrained(\"PATH\")\n"
                 f"q = enc.encode([\"how do I ...\"]{', ' + q if q else ''})\nd = enc.encode([\"a document\"])\n```\n")
     if fmt == "base3":
-        return ("This folder is read by bitembed-jax (`load_export` / `load_encoder`), which unpacks the base-3 "
+        return ("This folder is read by bitembed-jax (`Encoder.from_pretrained`), which unpacks the base-3 "
                 "weights and keeps their exact scales:\n\n" + jax_part)
     st_q = ', prompt_name="query"' if prompt else ""
     return ("PyTorch, no remote code (transformers' BitNet integration; needs `accelerate`):\n\n"

@@ -16,7 +16,7 @@ from etils import epath
 from flax import nnx
 
 from bitembed_jax.io import paths
-from bitembed_jax.io.state_paths import fill_state, flat_params
+from bitembed_jax.io.state_paths import flat_params
 from bitembed_jax.models import ModelConfig, build_model
 
 CONFIG_NAME = "bitembed_config.json"
@@ -112,22 +112,6 @@ def read_config(model_dir: str) -> tuple[ModelConfig, dict]:
     with open(path) as f:
         meta = json.load(f)
     return ModelConfig.from_dict(meta["model"]), meta
-
-
-def load_model_dir(model_dir: str, **overrides):
-    """(model, cfg); ``overrides`` change encoder-side options (dtype, attention, remat...)."""
-    model_dir = os.path.abspath(model_dir)
-    cfg, meta = read_config(model_dir)
-    if meta.get("export"):  # an export folder: packed weights instead of orbax params
-        from bitembed_jax.export.load import load_export
-
-        return load_export(model_dir, **overrides)
-    cfg = cfg.replace(**overrides) if overrides else cfg
-    abstract = abstract_model(cfg)
-    graphdef, abs_state = nnx.split(abstract)
-    target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat_params(abs_state).items()}
-    values = ocp.StandardCheckpointer().restore(os.path.join(model_dir, PARAMS_DIR), target)
-    return nnx.merge(graphdef, fill_state(abs_state, values)), cfg
 
 
 def fingerprint(model_dir: str) -> str:

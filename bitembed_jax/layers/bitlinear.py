@@ -9,6 +9,7 @@ RMSNorm of norm refinement in front of the quantizer.
 import jax.numpy as jnp
 from flax import nnx
 
+from bitembed_jax.io.state_paths import path_str
 from bitembed_jax.layers.norms import RMSNorm
 from bitembed_jax.quant.bitmatmul import bit_matmul
 from bitembed_jax.quant.ternary import ternary_int
@@ -79,3 +80,8 @@ class BitLinear(nnx.Module):
         """(int8 ternary weights shaped (out, in) as PyTorch stores them, float32 scale)."""
         q, gamma = ternary_int(self.kernel[...], self.per_row_scale)
         return q.T, (gamma.T if self.per_row_scale else gamma)
+
+
+def linears(model) -> dict:
+    """{dotted path of the kernel: BitLinear} of a model (works on abstract models too)."""
+    return {path_str(p) + ".kernel": node for p, node in nnx.iter_graph(model) if isinstance(node, BitLinear)}

@@ -11,7 +11,8 @@ from flax import nnx
 
 from bitembed_jax.convert.fp_to_bitnet import converts, fp_to_bitnet
 from bitembed_jax.io import paths
-from bitembed_jax.io.model_dir import CONFIG_NAME, load_model_dir, read_config, resolve_model_dir, save_model_dir
+from bitembed_jax.io.model_dir import CONFIG_NAME, read_config, resolve_model_dir, save_model_dir
+from bitembed_jax.io.load import load_model_dir
 from bitembed_jax.choices import INIT_CHOICES, PRECISIONS, TRAINING_STAGES
 from bitembed_jax.parallel.mesh import make_mesh, maybe_initialize_distributed, mesh_shape
 from bitembed_jax.train.checkpoint import Checkpointer, check_disk_room, check_or_write_config

@@ -1,4 +1,6 @@
-"""Read an export folder (base3 or bitnet-2bit) back into our JAX model, bit for bit.
+"""Load a model folder of either kind: ours (orbax ``params/``) or an export (base3 / bitnet-2bit packed weights).
+
+An export folder reads back into our JAX model bit for bit.
 
 The export keeps only the ternary codes q and each linear's scale gamma, not the latent float weights.
 Putting q * gamma back as the latent kernel would not do: training-mode BitLinear re-quantizes its kernel,
@@ -13,17 +15,18 @@ A frozen model is for inference: rounding has no gradient.
 import json
 import os
 
+import jax
 import jax.numpy as jnp
+import orbax.checkpoint as ocp
 import numpy as np
 from flax import nnx
 from safetensors import safe_open
 
 from bitembed_jax.convert.name_maps import LINEAR, TRANSFORMS, expand
-from bitembed_jax.export.model_card import linears
-from bitembed_jax.export.packing import unpack_base3, unpack_bitnet_2bit
-from bitembed_jax.io.model_dir import abstract_model, read_config
-from bitembed_jax.io.state_paths import fill_state
-from bitembed_jax.layers.bitlinear import FrozenScale
+from bitembed_jax.io.model_dir import PARAMS_DIR, abstract_model, read_config
+from bitembed_jax.io.state_paths import fill_state, flat_params
+from bitembed_jax.layers.bitlinear import FrozenScale, linears
+from bitembed_jax.quant.packing import unpack_base3, unpack_bitnet_2bit
 
 WEIGHTS = "model.safetensors"
 SUPPORTED_VERSIONS = (1,)
@@ -85,7 +88,7 @@ def load_export(path: str, **overrides):
     fmt, version = info.get("format"), int(info.get("version", 1))
     if fmt not in ("base3", "bitnet-2bit"):
         raise ValueError(f"{path} is not an export folder (bitembed_config.json has no export section); "
-                         "model folders load with bitembed_jax.io.model_dir.load_model_dir")
+                         "model folders load with bitembed_jax.io.load.load_model_dir")
     if version not in SUPPORTED_VERSIONS:
         raise ValueError(f"{path}: export format version {version} is newer than this bitembed-jax reads "
                          f"({SUPPORTED_VERSIONS}); upgrade bitembed-jax")
@@ -104,9 +107,15 @@ def load_export(path: str, **overrides):
     return model, cfg
 
 
-def load_encoder(path: str, *, max_length: int | None = None, **overrides):
-    """An ``Encoder`` over an export folder, with the max_length it was exported for."""
-    from bitembed_jax.encode import Encoder
-
-    _, meta = read_config(path)
-    return Encoder.from_pretrained(path, max_length=max_length or int(meta.get("max_length", 512)), **overrides)
+def load_model_dir(model_dir: str, **overrides):
+    """(model, cfg); ``overrides`` change encoder-side options (dtype, attention, remat...)."""
+    model_dir = os.path.abspath(model_dir)
+    cfg, meta = read_config(model_dir)
+    if meta.get("export"):  # an export folder: packed weights instead of orbax params
+        return load_export(model_dir, **overrides)
+    cfg = cfg.replace(**overrides) if overrides else cfg
+    abstract = abstract_model(cfg)
+    graphdef, abs_state = nnx.split(abstract)
+    target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat_params(abs_state).items()}
+    values = ocp.StandardCheckpointer().restore(os.path.join(model_dir, PARAMS_DIR), target)
+    return nnx.merge(graphdef, fill_state(abs_state, values)), cfg
