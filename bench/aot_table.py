@@ -53,11 +53,12 @@ def model_flops_per_chip(row, chips: int) -> float:
     """The step's model FLOPs from the shapes (XLA's count visits a GradCache loop body once)."""
     sys.path.insert(0, ROOT)
     from bitembed_jax.config_loader import apply_overrides, load_config_file
-    from bitembed_jax.train.aot import model_config_for, model_flops_per_step
+    from bitembed_jax.train.aot import model_flops_per_step
+    from bitembed_jax.train.build import student_config
 
     config, overrides = row_config(row)
     cfg = apply_overrides(load_config_file(config), overrides)
-    return model_flops_per_step(model_config_for(cfg), cfg) / chips
+    return model_flops_per_step(student_config(cfg), cfg) / chips
 
 
 def compile_row(row, path: str) -> dict:

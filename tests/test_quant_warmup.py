@@ -12,7 +12,8 @@ import pytest
 from bitembed_jax.config_loader import apply_overrides, load_config_file
 from bitembed_jax.convert.hf_import import convert
 from bitembed_jax.quant.warmup import blended_matmul, mix_at, set_quant_mix
-from bitembed_jax.train.loop import train, validate_config
+from bitembed_jax.train.config_checks import validate_config
+from bitembed_jax.train.loop import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

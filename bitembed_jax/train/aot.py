@@ -4,19 +4,14 @@ No parameter is allocated: the model, optimizer state and batch are abstract
 shapes with the real shardings; ``jax.experimental.topologies`` describes the
 pod and XLA's TPU compiler (libtpu) reports per-chip memory and FLOPs.
 """
-import json
-import os
-
 import jax
 from flax import nnx
 
-from bitembed_jax.convert.fp_to_bitnet import bitnet_config, converts
-from bitembed_jax.io.model_dir import CONFIG_NAME, abstract_model, read_config
-from bitembed_jax.models.presets import PRESETS
+from bitembed_jax.io.model_dir import abstract_model
 from bitembed_jax.parallel.mesh import make_mesh
-from bitembed_jax.train.loop import uses_teacher, validate_config
-from bitembed_jax.train.optimizer import make_optimizer
-from bitembed_jax.train.step import BATCH_KEYS, make_train_step, with_shardings
+from bitembed_jax.train.build import build_step, student_config, teacher_config
+from bitembed_jax.train.config_checks import uses_teacher, validate_config
+from bitembed_jax.train.step import BATCH_KEYS, with_shardings
 
 GIB = 1024 ** 3
 # per-chip HBM and peak bf16 FLOP/s of the TPU generations users rent
@@ -26,26 +21,6 @@ CHIPS = {
     "v5p": (95 * GIB, 459e12),
     "v6e": (32 * GIB, 918e12),
 }
-
-
-def model_config_for(cfg):
-    """The student's ModelConfig from a local folder, or from a preset when init.model is a known HF id."""
-    from bitembed_jax.convert.hf_import import model_config_from_hf
-
-    path, init = cfg.init.model, cfg.init
-    opts = dict(mode=init.mode, norm=init.norm, act_bits=init.act_bits, attention=init.attention,
-                pooling=init.pooling, dtype=cfg.train.dtype, remat=cfg.train.remat)
-    if os.path.exists(os.path.join(path, CONFIG_NAME)):
-        mcfg, _ = read_config(path)
-        if converts(mcfg, init):  # train converts it (load_student)
-            mcfg = bitnet_config(mcfg, init)
-        return mcfg.replace(dtype=cfg.train.dtype, remat=cfg.train.remat)
-    if os.path.exists(os.path.join(path, "config.json")):
-        with open(os.path.join(path, "config.json")) as f:
-            return model_config_from_hf(json.load(f), os.path.join(path, "config.json"), **opts)
-    if path in PRESETS:
-        return model_config_from_hf(dict(PRESETS[path]), f"preset {path}", **opts)
-    raise ValueError(f"config.init.model={path!r}: not a local folder and not one of the presets {sorted(PRESETS)}")
 
 
 def chip_of(topology: str) -> str:
@@ -73,20 +48,15 @@ def compile_programs(cfg, devices):
         cfg.teacher.model = cfg.init.model
     validate_config(cfg, len(devices), check_paths=False)
     mesh = make_mesh(cfg.mesh, devices)
-    mcfg = model_config_for(cfg)
+    mcfg = student_config(cfg)
     graphdef, abs_state = nnx.split(abstract_model(mcfg))
-    tx, schedule = make_optimizer(cfg.train)
     if uses_teacher(cfg):
-        from bitembed_jax.train.finetune import finetune_loss_and_grads
-
-        # the teacher is the fp model of the same architecture
-        t_graphdef, t_state = nnx.split(abstract_model(mcfg.replace(mode="fp")))
-        fns = make_train_step(cfg, graphdef, abs_state, mesh, tx, schedule, loss_and_grads=finetune_loss_and_grads,
-                              teacher=(t_graphdef, t_state))
+        t_graphdef, t_state = nnx.split(abstract_model(teacher_config(mcfg)))
+        fns = build_step(cfg, graphdef, abs_state, mesh, teacher=(t_graphdef, t_state))
         t_abs = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), nnx.to_pure_dict(t_state))
         extra = (with_shardings(t_abs, fns.teacher_shardings),)
     else:
-        fns = make_train_step(cfg, graphdef, abs_state, mesh, tx, schedule)
+        fns = build_step(cfg, graphdef, abs_state, mesh)
         extra = ()
     state = with_shardings(fns.abstract_state, fns.state_shardings)
     batch = abstract_batch(cfg, fns.batch_shardings)

@@ -1,0 +1,96 @@
+"""What a training config builds: the student, the teacher and the train step. ``train`` builds them with
+weights; ``aot`` builds the same from shapes alone (``student_config``, ``teacher_config``), so both compile
+one program."""
+import json
+import os
+
+from bitembed_jax.convert.fp_to_bitnet import bitnet_config, converts, fp_to_bitnet
+from bitembed_jax.io.load import load_model_dir
+from bitembed_jax.io.model_dir import CONFIG_NAME, read_config
+from bitembed_jax.models.presets import PRESETS
+from bitembed_jax.train.config_checks import check_init_model, uses_teacher
+from bitembed_jax.train.optimizer import make_optimizer
+from bitembed_jax.train.step import make_train_step
+
+
+def _encoder_opts(cfg) -> dict:
+    init = cfg.init
+    return dict(mode=init.mode, norm=init.norm, act_bits=init.act_bits, attention=init.attention,
+                pooling=init.pooling, dtype=cfg.train.dtype, remat=cfg.train.remat)
+
+
+def student_config(cfg):
+    """The student's ModelConfig from config.init.model (one of our folders, a local HF folder, or a preset
+    name when it is a known HF id), without reading a weight."""
+    from bitembed_jax.convert.hf_import import model_config_from_hf
+
+    path, init = cfg.init.model, cfg.init
+    if os.path.exists(os.path.join(path, CONFIG_NAME)):
+        mcfg, _ = read_config(path)
+        check_init_model(init, mcfg, path)
+        if converts(mcfg, init):  # an fp folder becoming a BitNet student
+            mcfg = bitnet_config(mcfg, init)
+        return mcfg.replace(dtype=cfg.train.dtype, remat=cfg.train.remat)
+    if os.path.exists(os.path.join(path, "config.json")):
+        with open(os.path.join(path, "config.json")) as f:
+            return model_config_from_hf(json.load(f), os.path.join(path, "config.json"), **_encoder_opts(cfg))
+    if path in PRESETS:
+        return model_config_from_hf(dict(PRESETS[path]), f"preset {path}", **_encoder_opts(cfg))
+    raise ValueError(f"config.init.model={path!r}: not a local folder and not one of the presets {sorted(PRESETS)}")
+
+
+def load_student(cfg):
+    """(model, ModelConfig) from one of our model folders or a local HF folder (converted on the fly)."""
+    path, init = cfg.init.model, cfg.init
+    if os.path.exists(os.path.join(path, CONFIG_NAME)):
+        check_init_model(init, read_config(path)[0], path)  # before any weight is read
+        model, mcfg = load_model_dir(path, dtype=cfg.train.dtype, remat=cfg.train.remat)
+        if converts(mcfg, init):  # e.g. a student started from the fp teacher
+            return fp_to_bitnet(model, mcfg, init)
+        return model, mcfg
+    from bitembed_jax.convert.hf_import import import_hf
+
+    return import_hf(path, **_encoder_opts(cfg))
+
+
+def teacher_config(student_cfg):
+    """The teacher's shapes for ``aot``: the fp model of the student's architecture."""
+    return student_cfg.replace(mode="fp")
+
+
+def load_teacher(cfg, student_cfg):
+    """The frozen full-precision teacher (HF folder imported in fp mode, or one of our fp model folders)."""
+    path = cfg.teacher.model
+    if os.path.exists(os.path.join(path, CONFIG_NAME)):
+        model, tcfg = load_model_dir(path, dtype=cfg.train.dtype)
+    else:
+        from bitembed_jax.convert.hf_import import import_hf
+
+        model, tcfg = import_hf(path, mode="fp", attention=cfg.init.attention, pooling=cfg.init.pooling,
+                                dtype=cfg.train.dtype)
+    if tcfg.mode != "fp":
+        raise ValueError(f"config.teacher.model={path!r} holds a {tcfg.mode!r} model; the teacher must be fp")
+    if tcfg.vocab_size != student_cfg.vocab_size:
+        raise ValueError(f"config.teacher.model: vocabulary {tcfg.vocab_size} != the student's "
+                         f"{student_cfg.vocab_size}; teacher and student must share the tokenizer")
+    aligned = [k for k in ("embed_weight", "hidden_weight") if cfg.distill[k] > 0]
+    if aligned and tcfg.hidden_size != student_cfg.hidden_size:
+        raise ValueError(f"config.distill.{aligned[0]}: the teacher's hidden size {tcfg.hidden_size} != the "
+                         f"student's {student_cfg.hidden_size}; vector alignment needs equal widths")
+    return model
+
+
+def build_step(cfg, graphdef, model_state, mesh, *, teacher=None, loss_and_grads=None):
+    """The step functions (``step.StepFns``) of a config: the optimizer, the loss (distillation when the config
+    uses a teacher; ``teacher`` is then its (graphdef, state), abstract or not) and the shardings."""
+    tx, schedule = make_optimizer(cfg.train)
+    if uses_teacher(cfg):
+        if teacher is None:
+            raise ValueError("config.distill weights are set: the step needs the teacher")
+        from bitembed_jax.train.finetune import finetune_loss_and_grads
+
+        loss_and_grads = loss_and_grads or finetune_loss_and_grads
+    else:
+        teacher = None
+    return make_train_step(cfg, graphdef, model_state, mesh, tx, schedule, loss_and_grads=loss_and_grads,
+                           teacher=teacher)
