@@ -8,7 +8,7 @@ the bytes of the tensors the exporter writes. The models are the bitnet ``per_li
 released embedders'): per-linear RMSNorms are counted with the norms. Sizes are tensor bytes (the
 safetensors header adds a few kB).
 """
-from bitembed_jax.convert.hf_import import model_config_from_hf
+from bitembed_jax.convert.hf_config import from_hf_config
 from bitembed_jax.export.model_card import export_sizes
 from bitembed_jax.io.model_dir import abstract_model
 from bitembed_jax.models.presets import PRESETS
@@ -35,7 +35,7 @@ def main():
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     dims, n_ternary = {}, {}
     for name, preset in MODELS.items():
-        cfg = model_config_from_hf(dict(PRESETS[preset]), preset, mode="bitnet", norm="per_linear")
+        cfg = from_hf_config(dict(PRESETS[preset]), preset, mode="bitnet", norm="per_linear")
         model = abstract_model(cfg)
         dims[name] = cfg.hidden_size
         first = True

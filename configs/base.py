@@ -23,6 +23,8 @@ def get_config():
     c.data.num_negatives = 0
     c.data.query_instruction = "Given a web search query, retrieve relevant passages that answer the query"
     c.data.skip_bad = False
+    c.data.max_negatives = -1  # keep at most this many hard negatives per record when building (-1: all)
+    c.data.validation_fraction = 0.0  # records held out of training into the dataset's 'validation' split
     c.data.seed = 0
 
     c.loss = ml_collections.ConfigDict()

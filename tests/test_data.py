@@ -342,3 +342,31 @@ def test_build_and_stream_boolq(tmp_path, tokenizer):
     val = pipeline(str(tmp_path / "boolq"), tokenizer, split="validation", shuffle=False, num_epochs=1,
                    global_batch_size=16)
     assert len(list(val)) == summary.splits["validation"] // 16
+
+
+def test_config_keys_reach_the_build(tmp_path):
+    """config.data.max_negatives and config.data.validation_fraction are what the run's dataset is built with
+    (and checked against when it is reused)."""
+    import tensorflow_datasets as tfds
+
+    from bitembed_jax.config_loader import apply_overrides, load_config_file
+    from bitembed_jax.train.config_checks import validate_config
+    from bitembed_jax.train.data_setup import ensure_dataset
+
+    path = write_jsonl(tmp_path / "a.jsonl", [rec(i, n_neg=3) for i in range(40)])
+    cfg = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "quickstart.py"))
+    cfg = apply_overrides(cfg, [f"--config.data.train_files=['{path}']", "--config.data.max_negatives=1",
+                                "--config.data.validation_fraction=0.25"])
+    out = ensure_dataset(cfg, str(tmp_path / "run"), log=lambda *a: None)
+    b = tfds.builder_from_directory(out)
+    train, val = list(b.as_data_source("train")), list(b.as_data_source("validation"))
+    assert (len(train), len(val)) == (30, 10)
+    assert {len(r["negatives"]) for r in train + val} == {1}
+    changed = apply_overrides(cfg.copy_and_resolve_references(), ["--config.data.max_negatives=2"])
+    with pytest.raises(ValueError, match="does not match config.data.train_files"):
+        ensure_dataset(changed, str(tmp_path / "run"), log=lambda *a: None)
+    for bad, match in ((["--config.data.max_negatives=-2"], "config.data.max_negatives=-2 must be >= 0"),
+                       (["--config.data.num_negatives=2"], "config.data.num_negatives=2 hard negatives"),
+                       (["--config.data.validation_fraction=1.0"], r"config.data.validation_fraction=1.0 must be")):
+        with pytest.raises(ValueError, match=match):
+            validate_config(apply_overrides(cfg.copy_and_resolve_references(), bad), 8, check_paths=False)

@@ -11,10 +11,11 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from bitembed_jax.convert.hf_import import convert, model_config_from_hf
+from bitembed_jax.convert.hf_config import from_hf_config, to_hf_config
+from bitembed_jax.convert.hf_import import convert
 from bitembed_jax.encode import Encoder
 from bitembed_jax.export.cli_export import add_export_parser
-from bitembed_jax.export.hf_export import export, hf_config, refusal
+from bitembed_jax.export.hf_export import export, refusal
 from bitembed_jax.export.model_card import export_sizes, tensor_sizes
 from bitembed_jax.export.st_files import write_tokenizer
 from bitembed_jax.io.load import load_export, load_model_dir
@@ -185,8 +186,8 @@ def test_size_table_matches_the_written_tensors(ckpts, tmp_path, fmt):
 @pytest.mark.parametrize("arch", ["qwen3", "gemma3"])
 def test_hf_config_round_trips_through_the_importer(ckpts, arch):
     cfg, _ = read_config(ckpts[arch])
-    back = model_config_from_hf(hf_config(cfg, None), mode=cfg.mode, norm=cfg.norm, pooling=cfg.pooling,
-                                attention=cfg.attention)
+    back = from_hf_config(to_hf_config(cfg, None), mode=cfg.mode, norm=cfg.norm, pooling=cfg.pooling,
+                          attention=cfg.attention)
     assert back == cfg
 
 

@@ -7,9 +7,9 @@ pass), the norm-refinement RMSNorms that the fp model lacks start at weight 1, a
 import jax.numpy as jnp
 from flax import nnx
 
-from bitembed_jax.convert.hf_import import inserted_norm
 from bitembed_jax.io.model_dir import abstract_model
 from bitembed_jax.io.state_paths import fill_state, flat_params
+from bitembed_jax.layers.norms import inserted_norm_weights
 from bitembed_jax.models.config import ModelConfig
 
 
@@ -28,7 +28,9 @@ def fp_to_bitnet(model, cfg: ModelConfig, init):
     if cfg.mode != "fp":
         raise ValueError(f"fp_to_bitnet: the source model is {cfg.mode!r}, not 'fp'")
     bcfg = bitnet_config(cfg, init)
-    graphdef, abs_state = nnx.split(abstract_model(bcfg))
+    abstract = abstract_model(bcfg)
+    inserted = inserted_norm_weights(abstract)
+    graphdef, abs_state = nnx.split(abstract)
     src = flat_params(nnx.state(model, nnx.Param))
     values = {}
     for path, leaf in flat_params(abs_state).items():
@@ -36,7 +38,7 @@ def fp_to_bitnet(model, cfg: ModelConfig, init):
             if src[path].shape != leaf.shape:
                 raise ValueError(f"fp_to_bitnet: {path} is {src[path].shape} in the fp model, {leaf.shape} in bitnet")
             values[path] = jnp.asarray(src[path], leaf.dtype)
-        elif inserted_norm(path):
+        elif path in inserted:
             values[path] = jnp.ones(leaf.shape, leaf.dtype)
         else:
             raise ValueError(f"fp_to_bitnet: the fp model has no tensor for {path}")

@@ -12,7 +12,8 @@ import tempfile
 
 import numpy as np
 
-from bitembed_jax.convert.hf_import import CheckpointImportError, import_from_source, model_config_from_hf
+from bitembed_jax.convert.hf_config import CheckpointImportError, from_hf_config
+from bitembed_jax.convert.hf_import import import_from_source
 from bitembed_jax.io.model_dir import check_writable, save_model_dir
 
 
@@ -52,7 +53,7 @@ def load_gguf(gguf_file: str, **encoder_opts):
     except Exception as e:  # transformers' message names the unsupported architecture
         raise CheckpointImportError(f"{gguf_file}: transformers cannot read this GGUF file: {e}") from e
     # the architecture check happens before the (slow) dequantization of every tensor
-    cfg = model_config_from_hf(hf_cfg.to_dict(), gguf_file, **encoder_opts)
+    cfg = from_hf_config(hf_cfg.to_dict(), gguf_file, **encoder_opts)
     lm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     return cfg, StateDictSource(gguf_file, lm.state_dict()), tok

@@ -12,71 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bitembed_jax.convert.hf_config import CheckpointImportError, from_hf_config
 from bitembed_jax.convert.name_maps import IGNORED_NAMES, IGNORED_SUFFIXES, PREFIXES, TRANSFORMS, expand
 from bitembed_jax.io.model_dir import TOKENIZER_FILES, abstract_model, check_writable, save_model_dir
 from bitembed_jax.io.state_paths import fill_state, flat_params
+from bitembed_jax.layers.norms import inserted_norm_weights
 from bitembed_jax.models import ModelConfig
-
-SUPPORTED = {"qwen3": "qwen3", "gemma3_text": "gemma3"}
-
-
-class CheckpointImportError(ValueError):
-    """A checkpoint that cannot be imported; the message names the culprit."""
-
-
-def _rope(hf: dict, layer_type: str):
-    params = hf.get("rope_parameters") or {}
-    if layer_type in params:  # Gemma3: one entry per layer type
-        params = params[layer_type]
-    legacy = hf.get("rope_scaling") or {}
-    theta = params.get("rope_theta", hf.get("rope_theta"))
-    rtype = params.get("rope_type", legacy.get("rope_type", "default"))
-    factor = params.get("factor", legacy.get("factor", 1.0))
-    if rtype not in ("default", "linear"):
-        raise CheckpointImportError(f"rope_type {rtype!r} ({layer_type}) is not supported; supported: default, linear")
-    return theta, rtype, float(factor)
-
-
-def model_config_from_hf(hf: dict, config_path: str = "config.json", **encoder_opts) -> ModelConfig:
-    mtype = hf.get("model_type")
-    if mtype not in SUPPORTED:
-        raise CheckpointImportError(f"{config_path}: model_type {mtype!r} is not supported; "
-                                    f"supported model types: {', '.join(sorted(SUPPORTED))}")
-    arch = SUPPORTED[mtype]
-    n = hf["num_hidden_layers"]
-    theta, rtype, factor = _rope(hf, "full_attention")
-    layer_types = tuple(hf.get("layer_types") or ["full_attention"] * n)
-    eos = hf.get("eos_token_id")
-    common = dict(
-        arch=arch, vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"], num_layers=n, num_heads=hf["num_attention_heads"],
-        num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-        head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
-        rms_norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=theta or 1_000_000.0, rope_type=rtype,
-        rope_factor=factor, layer_types=layer_types, attention_bias=bool(hf.get("attention_bias", False)),
-        pad_token_id=hf.get("pad_token_id"), eos_token_id=eos[0] if isinstance(eos, list) else eos,
-    )
-    if arch == "qwen3":
-        act = hf.get("hidden_act", "silu")
-        if act != "silu":
-            raise CheckpointImportError(f"{config_path}: hidden_act {act!r} is not supported for qwen3 (expects silu)")
-        window = hf.get("sliding_window") if hf.get("use_sliding_window") else None
-        extra = dict(rope_local_theta=common["rope_theta"], sliding_window=window)
-    else:
-        act = hf.get("hidden_activation") or hf.get("hidden_act")
-        if act not in ("gelu_pytorch_tanh", None):
-            raise CheckpointImportError(f"{config_path}: hidden_activation {act!r} is not supported for gemma3")
-        local_theta, _, _ = _rope(hf, "sliding_attention")
-        window = hf.get("sliding_window")
-        bidir = bool(hf.get("use_bidirectional_attention"))
-        if bidir:  # the config on disk holds the causal window; HF halves it for bidirectional attention
-            window = window // 2 + 1
-            encoder_opts.setdefault("attention", "bidirectional")
-        extra = dict(rope_local_theta=local_theta or hf.get("rope_local_base_freq", 10_000.0),
-                     sliding_window=window, query_pre_attn_scalar=hf.get("query_pre_attn_scalar"))
-        if hf.get("attn_logit_softcapping"):
-            raise CheckpointImportError(f"{config_path}: attn_logit_softcapping is not supported")
-    return ModelConfig(**{**common, **extra, **encoder_opts})
 
 
 class TensorSource:
@@ -176,11 +117,6 @@ def plan_import(src: TensorSource, cfg: ModelConfig, abs_shapes: dict):
     return [(h, o, t) for h, (o, t) in expected.items()]
 
 
-def inserted_norm(path: str) -> bool:
-    """Norm-refinement weights that HF checkpoints don't have; they start identity-scaled."""
-    return path.endswith((".norm.weight", "o_norm.weight", "down_norm.weight"))
-
-
 def read_hf_config(path: str) -> tuple[dict, str]:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
@@ -197,7 +133,9 @@ def read_hf_config(path: str) -> tuple[dict, str]:
 
 def import_from_source(cfg: ModelConfig, src):
     """(model, cfg) from our config and a tensor source (``path``, ``where``, ``shapes``, ``get``)."""
-    graphdef, abs_state = nnx.split(abstract_model(cfg))
+    abstract = abstract_model(cfg)
+    inserted = inserted_norm_weights(abstract)  # norm refinement: no HF tensor, identity-scaled at the start
+    graphdef, abs_state = nnx.split(abstract)
     abs_leaves = flat_params(abs_state)
     plan = plan_import(src, cfg, {k: v.shape for k, v in abs_leaves.items()})
     values = {}
@@ -205,7 +143,7 @@ def import_from_source(cfg: ModelConfig, src):
         values[ours] = jnp.asarray(TRANSFORMS[transform](src.get(hf_name)), abs_leaves[ours].dtype)
     for p, leaf in abs_leaves.items():
         if p not in values:
-            if not inserted_norm(p):
+            if p not in inserted:
                 raise CheckpointImportError(f"internal: no HF tensor maps to {p}")
             values[p] = jnp.ones(leaf.shape, leaf.dtype)
     return nnx.merge(graphdef, fill_state(abs_state, values)), cfg
@@ -214,7 +152,7 @@ def import_from_source(cfg: ModelConfig, src):
 def import_hf(path: str, **encoder_opts):
     """(model, cfg) from a local HF folder. ``encoder_opts`` are ModelConfig fields (mode, norm, ...)."""
     hf, cfg_path = read_hf_config(path)
-    cfg = model_config_from_hf(hf, cfg_path, **encoder_opts)  # a bad config fails before the weights are scanned
+    cfg = from_hf_config(hf, cfg_path, **encoder_opts)  # a bad config fails before the weights are scanned
     return import_from_source(cfg, TensorSource(path))
 
 
@@ -234,7 +172,7 @@ def check_tokenizer_files(path: str):
 def convert(hf_path: str, out_dir: str, *, overwrite: bool = False, **encoder_opts) -> str:
     check_writable(out_dir, overwrite)
     hf, cfg_path = read_hf_config(hf_path)
-    cfg = model_config_from_hf(hf, cfg_path, **encoder_opts)
+    cfg = from_hf_config(hf, cfg_path, **encoder_opts)
     check_tokenizer_files(hf_path)  # as import_hf, with the tokenizer checked too before the weights are scanned
     model, cfg = import_from_source(cfg, TensorSource(hf_path))
     return save_model_dir(out_dir, model, cfg, tokenizer_dir=hf_path, overwrite=overwrite,

@@ -2,7 +2,8 @@
 
 Each entry: (HF tensor name pattern, our NNX state path pattern, transform).
 ``{i}`` is the layer index. Transforms are small hooks applied to the numpy
-tensor: HF linears are (out, in), our kernels (in, out).
+tensor: HF linears are (out, in), our kernels (in, out). Both hooks are their own inverse, so export
+applies the same ones.
 """
 import numpy as np
 
@@ -13,8 +14,6 @@ TRANSFORMS = {
     COPY: lambda t: t,
     LINEAR: lambda t: np.ascontiguousarray(t.T),
 }
-# the inverse hooks, for export
-INVERSE = {COPY: lambda t: t, LINEAR: lambda t: np.ascontiguousarray(t.T)}
 
 _ATTN = [
     ("layers.{i}.self_attn.q_proj.weight", "layers.{i}.self_attn.q_proj.kernel", LINEAR),

@@ -19,7 +19,6 @@ from bitembed_jax.data import records
 
 FORMAT = "bitembed-pairs-v1"  # marks folders this module built (and may therefore replace)
 METADATA_FILE = "metadata.json"  # where tfds writes ``info.metadata``
-SPLITS = ("train", "validation")
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,8 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from bitembed_jax.choices import DEFAULT_MAX_LENGTH, DTYPES, EXPORT_FORMATS, LINEAR_CLASSES
-from bitembed_jax.convert.name_maps import INVERSE, LINEAR, expand
+from bitembed_jax.convert.hf_config import to_hf_config
+from bitembed_jax.convert.name_maps import LINEAR, TRANSFORMS, expand
 from bitembed_jax.export.model_card import export_sizes, model_card, tensor_sizes
 from bitembed_jax.layers.bitlinear import linears
 from bitembed_jax.quant.packing import pack_base3, pack_bitnet_2bit
@@ -91,38 +92,6 @@ def refusal(cfg, fmt: str, *, int8_embeddings: bool = False) -> str | None:
     return None
 
 
-def hf_config(cfg, quantization_config: dict | None, dtype: str = "float32") -> dict:
-    """The architecture's HF config.json regenerated from our ModelConfig."""
-    rope = {"rope_type": cfg.rope_type, "rope_theta": cfg.rope_theta}
-    if cfg.rope_type == "linear":
-        rope["factor"] = cfg.rope_factor
-    if cfg.arch == "qwen3":
-        from transformers import Qwen3Config as Config
-        extra = dict(rope_parameters=rope, tie_word_embeddings=True, use_sliding_window=cfg.sliding_window is not None,
-                     sliding_window=cfg.sliding_window, layer_types=list(cfg.layer_types) or None,
-                     architectures=["Qwen3Model"])
-    else:
-        from transformers import Gemma3TextConfig as Config
-        bidir = cfg.attention == "bidirectional"
-        extra = dict(layer_types=list(cfg.layer_types) or None, query_pre_attn_scalar=cfg.query_pre_attn_scalar,
-                     # the importer reads a bidirectional config's window w as w // 2 + 1
-                     sliding_window=(cfg.sliding_window - 1) * 2 if bidir else cfg.sliding_window,
-                     use_bidirectional_attention=bidir, architectures=["Gemma3TextModel"],
-                     rope_parameters={"full_attention": rope,
-                                      "sliding_attention": {"rope_type": "default",
-                                                            "rope_theta": cfg.rope_local_theta}})
-    c = Config(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-               num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-               num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps,
-               attention_bias=cfg.attention_bias, pad_token_id=cfg.pad_token_id, eos_token_id=cfg.eos_token_id,
-               **extra)
-    d = c.to_dict()
-    d["dtype"] = dtype
-    if quantization_config is not None:
-        d["quantization_config"] = quantization_config
-    return d
-
-
 def _float(x, dtype: str) -> np.ndarray:
     return np.asarray(x, np.float32).astype(NP_DTYPES[dtype])
 
@@ -143,7 +112,7 @@ def bitnet_2bit_tensors(model, cfg, *, dtype: str = "float32", linear_class: str
     for hf_name, ours, transform in expand(cfg.arch, cfg.num_layers, cfg.attention_bias):
         used.add(ours)
         if transform != LINEAR:
-            out[hf_name] = _float(INVERSE[transform](np.asarray(params[ours])), dtype)
+            out[hf_name] = _float(TRANSFORMS[transform](np.asarray(params[ours])), dtype)
             continue
         lin = lins[ours]
         q, gamma = lin.frozen()  # int8 (out, in), float32 ()
@@ -241,7 +210,7 @@ def export(checkpoint_dir: str, out_dir: str, *, fmt: str = "bitnet-2bit", overw
             qc = {"quant_method": "bitnet", "linear_class": linear_class, "quantization_mode": "offline",
                   "use_rms_norm": cfg.norm == "per_linear", "rms_norm_eps": cfg.rms_norm_eps}
             with open(os.path.join(tmp, "config.json"), "w") as f:
-                json.dump(hf_config(cfg, qc, dtype), f, indent=2)
+                json.dump(to_hf_config(cfg, qc, dtype), f, indent=2)
             st_meta = {"format": "pt", "bitembed_format": fmt, "bitembed_version": str(FORMAT_VERSION),
                        "gamma": json.dumps(gammas)}
         else:

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bitembed_jax.io.state_paths import path_str
 from bitembed_jax.quant.warmup import blend
 
 
@@ -24,7 +25,8 @@ class RMSNorm(nnx.Module):
         self.weight = nnx.Param(init((dim,), jnp.float32), out_sharding=(axis_name,))
         self.eps = eps
         self.offset = offset
-        self.blends = inserted  # added by the BitNet conversion: gradual quantization blends it in
+        self.inserted = inserted  # added by the BitNet conversion: no HF tensor, starts at 1, warmup blends it in
+        self.blends = inserted
         self.quant_mix = nnx.data(None)  # set inside a warmup step only (quant/warmup.py)
 
     def __call__(self, x):
@@ -32,3 +34,9 @@ class RMSNorm(nnx.Module):
         if self.quant_mix is not None:
             y = blend(x, y, self.quant_mix)
         return y
+
+
+def inserted_norm_weights(model) -> set[str]:
+    """Dotted paths of the weights of the norms the BitNet conversion inserted (``RMSNorm(inserted=True)``):
+    no source checkpoint has them; they start at 1 (works on abstract models too)."""
+    return {path_str(p) + ".weight" for p, node in nnx.iter_graph(model) if isinstance(node, RMSNorm) and node.inserted}

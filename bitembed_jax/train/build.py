@@ -22,7 +22,7 @@ def _encoder_opts(cfg) -> dict:
 def student_config(cfg):
     """The student's ModelConfig from config.init.model (one of our folders, a local HF folder, or a preset
     name when it is a known HF id), without reading a weight."""
-    from bitembed_jax.convert.hf_import import model_config_from_hf
+    from bitembed_jax.convert.hf_config import from_hf_config
 
     path, init = cfg.init.model, cfg.init
     if os.path.exists(os.path.join(path, CONFIG_NAME)):
@@ -33,9 +33,9 @@ def student_config(cfg):
         return mcfg.replace(dtype=cfg.train.dtype, remat=cfg.train.remat)
     if os.path.exists(os.path.join(path, "config.json")):
         with open(os.path.join(path, "config.json")) as f:
-            return model_config_from_hf(json.load(f), os.path.join(path, "config.json"), **_encoder_opts(cfg))
+            return from_hf_config(json.load(f), os.path.join(path, "config.json"), **_encoder_opts(cfg))
     if path in PRESETS:
-        return model_config_from_hf(dict(PRESETS[path]), f"preset {path}", **_encoder_opts(cfg))
+        return from_hf_config(dict(PRESETS[path]), f"preset {path}", **_encoder_opts(cfg))
     raise ValueError(f"config.init.model={path!r}: not a local folder and not one of the presets {sorted(PRESETS)}")
 
 

@@ -25,7 +25,7 @@ CONFIG_FILE = "config.json"
 RESUMABLE_PREFIXES = ("train.num_steps", "train.log_every", "checkpoint.", "mesh.", "data.dataset_dir")
 # keys added after work dirs existed, with the value that trains as before the key existed: a saved config
 # without the key resumes when the key still has that value
-ADDED_KEYS = {"train.quant_warmup_steps": 0}
+ADDED_KEYS = {"train.quant_warmup_steps": 0, "data.max_negatives": -1, "data.validation_fraction": 0.0}
 
 
 def _flatten(d, prefix=""):

@@ -72,6 +72,14 @@ def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: 
             check_folder("teacher.model", cfg.teacher.model)
         if chunks > 1:
             raise ValueError("config.loss.num_chunks must be 1 when distilling: the teacher runs in the same step")
+    max_neg, val = int(cfg.data.get("max_negatives", -1)), float(cfg.data.get("validation_fraction", 0.0))
+    if max_neg < -1:
+        raise ValueError(f"config.data.max_negatives={max_neg} must be >= 0, or -1 for all")
+    if 0 <= max_neg < cfg.data.num_negatives:
+        raise ValueError(f"config.data.num_negatives={cfg.data.num_negatives} hard negatives per pair cannot come "
+                         f"from records cut to config.data.max_negatives={max_neg}")
+    if not 0.0 <= val < 1.0:
+        raise ValueError(f"config.data.validation_fraction={val} must be in [0, 1)")
     if cfg.loss.temperature <= 0:
         raise ValueError(f"config.loss.temperature={cfg.loss.temperature} must be > 0")
     for pattern in cfg.train.get("freeze", []):

@@ -23,8 +23,15 @@ def dataset_dir(cfg, workdir: str) -> tuple[str, bool]:
     return path, False
 
 
+def build_options(cfg) -> dict:
+    """The dataset build's options from config.data (what a built dataset records and is checked against)."""
+    max_negatives = int(cfg.data.get("max_negatives", -1))
+    return {"skip_bad": cfg.data.skip_bad, "max_negatives": None if max_negatives < 0 else max_negatives,
+            "validation_fraction": float(cfg.data.get("validation_fraction", 0.0)), "seed": cfg.data.seed}
+
+
 def _stale(cfg, path: str) -> str | None:
-    return needs_rebuild(path, list(cfg.data.train_files), skip_bad=cfg.data.skip_bad, seed=cfg.data.seed)
+    return needs_rebuild(path, list(cfg.data.train_files), **build_options(cfg))
 
 
 def drop_stale_dataset(cfg, workdir: str):
@@ -48,8 +55,9 @@ def ensure_dataset(cfg, workdir: str, log=print) -> str:
                 raise ValueError(f"config.data.dataset_dir: {path} does not match config.data.train_files "
                                  f"({reason}); remove it or point config.data.dataset_dir elsewhere")
         else:
-            summary = build_dataset(list(cfg.data.train_files), path, skip_bad=cfg.data.skip_bad, seed=cfg.data.seed)
-            log(f"built dataset {path}: {summary.count} pairs"
+            summary = build_dataset(list(cfg.data.train_files), path, **build_options(cfg))
+            held = summary.splits.get("validation", 0)
+            log(f"built dataset {path}: {summary.count} pairs" + (f" ({held} held out for validation)" if held else "")
                 + (f", skipped {summary.skipped} bad records: {list(summary.skip_reasons)}" if summary.skipped else ""))
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("bitembed_dataset_ready")
