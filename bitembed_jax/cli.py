@@ -5,6 +5,23 @@ import os
 import sys
 
 from bitembed_jax import choices
+from bitembed_jax.cli_encode import run_encode
+
+EXIT_ERROR = 2  # bad input, a refused config, a diverged run: fix something first
+EXIT_RESUMABLE = 75  # stopped before the end (SIGTERM, Ctrl-C, a lost host) after a checkpoint: rerun to resume
+EXIT_ABORTED = 130  # a second Ctrl-C: stopped at once, nothing saved since the last checkpoint
+
+
+def add_pod_flags(parser):
+    """How one process of a multi-process job (a pod, a GPU cluster) joins it; TPU VMs need none of these."""
+    g = parser.add_argument_group("several processes (one per host); each flag else its environment variable")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="process 0's address, the same on every process (env JAX_COORDINATOR_ADDRESS)")
+    g.add_argument("--num-processes", type=int, default=None, help="how many processes (env JAX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, default=None, help="this one, 0..N-1 (env JAX_PROCESS_ID)")
+    g.add_argument("--heartbeat-timeout", type=int, default=None, metavar="S",
+                   help="stop when another process is silent this long (env BITEMBED_HEARTBEAT_TIMEOUT; 60)")
+    return parser
 
 
 def _convert(args):
@@ -19,56 +36,6 @@ def _convert(args):
 
         out = convert(args.hf, args.out, overwrite=args.overwrite, **opts)
     print(f"wrote {opts['mode']} encoder to {out}")
-
-
-def _encode(args):
-    import numpy as np
-
-    from bitembed_jax.encode import Encoder
-    from bitembed_jax.io.model_dir import read_config
-
-    for flag, value in (("--batch-size", args.batch_size), ("--max-length", args.max_length)):
-        if value is not None and value < 1:
-            raise ValueError(f"{flag} {value}: must be at least 1")
-    if os.path.isdir(args.input):
-        raise ValueError(f"--input {args.input} is a folder; give a text file with one text per line")
-    if not os.path.exists(args.input):
-        raise FileNotFoundError(f"--input {args.input} not found")
-    try:
-        with open(args.input, encoding="utf-8") as f:
-            texts = [line.rstrip("\n") for line in f]
-    except UnicodeDecodeError as e:
-        raise ValueError(f"--input {args.input}: not UTF-8 text ({e})") from None
-    if not texts:
-        raise ValueError(f"--input {args.input} has no lines to encode")
-    empty = [i + 1 for i, t in enumerate(texts) if not t.strip()]
-    if empty:
-        raise ValueError(f"--input {args.input}: empty line(s) {empty[:10]}: one text per line expected")
-    # numpy would append its own suffix to any other name, and the file would not be where we say it is
-    suffix = ".npy" if args.precision == "fp32" and args.dim is None else ".npz"
-    if not args.out.endswith(suffix):
-        what = ("float32 vectors are an .npy array" if suffix == ".npy" else
-                f"{args.precision} vectors{' cut to --dim' if args.dim else ''} are an .npz archive (codes, scale, "
-                "precision, dim)")
-        raise ValueError(f"--out {args.out}: {what}; name the file *{suffix}")
-    folder = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"--out: folder {folder} does not exist")
-    if not args.overwrite and os.path.exists(args.out):
-        raise FileExistsError(f"--out {args.out} exists; pass --overwrite to replace it")
-    cfg, _ = read_config(args.model)  # the config alone: --dim is checked before the weights are read
-    if args.dim is not None and not 1 <= args.dim <= cfg.hidden_size:
-        raise ValueError(f"--dim {args.dim}: must be in 1..{cfg.hidden_size} for {args.model}")
-    enc = Encoder.from_pretrained(args.model, max_length=args.max_length)
-    vecs = enc.encode(texts, batch_size=args.batch_size, prompt=args.prompt, precision=args.precision,
-                      dim=args.dim, show_progress=True)
-    if isinstance(vecs, np.ndarray):
-        np.save(args.out, vecs)
-        print(f"wrote {vecs.shape} float32 vectors to {args.out}")
-        return
-    vecs.save(args.out)  # codes with their scales: everything needed to score them (StoredEmbeddings.load)
-    print(f"wrote {len(vecs)} {args.precision} vectors ({vecs.nbytes_per_vector} bytes each: codes {vecs.codes.shape} "
-          f"{vecs.codes.dtype} + scales) to {args.out} (numpy .npz)")
 
 
 def _average(args):
@@ -93,9 +60,11 @@ def _train(args, overrides):
         cfg.init.model = args.init_from
     if args.teacher:
         cfg.teacher.model = args.teacher
-    out = train(cfg, args.workdir)
-    if out:
-        print(f"trained model folder: {out}")
+    out = train(cfg, args.workdir, resume_from=args.resume_from,
+                allow_change=[k.strip() for k in (args.allow_change or "").split(",") if k.strip()])
+    if out is None:  # a signal stopped it after a checkpoint: not finished, and schedulers must see that
+        return EXIT_RESUMABLE
+    print(f"trained model folder: {out}")
 
 
 def _aot(args, overrides):
@@ -162,7 +131,8 @@ def build_parser():
     e.add_argument("--precision", default="fp32", choices=choices.PRECISIONS)
     e.add_argument("--dim", type=int, default=None, help="Matryoshka dimension")
     e.add_argument("--overwrite", action="store_true")
-    e.set_defaults(func=_encode)
+    add_pod_flags(e)
+    e.set_defaults(func=run_encode)
 
     t = sub.add_parser("train", help="contrastive training (extra --config.KEY=VALUE args override the config)")
     t.add_argument("--config", required=True, help="a configs/*.py file")
@@ -170,6 +140,13 @@ def build_parser():
     t.add_argument("--init-from", default=None,
                    help="shorthand for --config.init.model (an HF folder, a model folder or a training workdir)")
     t.add_argument("--teacher", default=None, help="shorthand for --config.teacher.model (fine-tuning)")
+    t.add_argument("--resume-from", type=int, default=None, metavar="STEP",
+                   help="continue from this saved step (e.g. before a divergence); later checkpoints are moved to "
+                        "WORKDIR/abandoned/ and the choice is recorded in WORKDIR/history.jsonl")
+    t.add_argument("--allow-change", default=None, metavar="KEY[,KEY]",
+                   help="config keys (or prefixes ending in '.') allowed to differ from the work dir's record, "
+                        "e.g. train.learning_rate; each change is recorded in WORKDIR/history.jsonl")
+    add_pod_flags(t)
     t.set_defaults(func=_train, takes_overrides=True)
 
     a = sub.add_parser("aot", help="compile the real train step for a TPU topology and report per-chip memory")
@@ -192,7 +169,11 @@ def build_parser():
 
     from bitembed_jax.eval.cli_eval import add_eval_parser
 
-    add_eval_parser(sub)
+    add_pod_flags(add_eval_parser(sub))
+
+    from bitembed_jax.parallel.local_pod import add_local_pod_parser
+
+    add_local_pod_parser(sub)
 
     m = sub.add_parser("make-tiny", help="write a tiny random HF checkpoint + tokenizer (quickstart, tests)")
     m.add_argument("--arch", default="qwen3", choices=choices.ARCHS)
@@ -223,15 +204,33 @@ def main(argv=None):
     if extra and not getattr(args, "takes_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if hasattr(args, "coordinator"):
+            from bitembed_jax.parallel.distributed import join
+
+            join(args.coordinator, args.num_processes, args.process_id, heartbeat_s=args.heartbeat_timeout)
         if getattr(args, "takes_overrides", False):
-            args.func(args, extra)
+            rc = args.func(args, extra)
         else:
             _localize_model_args(args)
-            args.func(args)
+            rc = args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)  # no repr quotes
-        return 2
-    return 0
+        return _leave(EXIT_ERROR)
+    except KeyboardInterrupt:
+        print("aborted (second Ctrl-C): nothing saved since the last checkpoint", file=sys.stderr)
+        return _leave(EXIT_ABORTED)
+    return rc if isinstance(rc, int) else 0
+
+
+def _leave(rc: int) -> int:
+    """In a multi-process job a process that stops on an error leaves at once: JAX's exit would wait (minutes) at
+    a shutdown barrier for processes that may be waiting for it; they see it gone and stop (Watchdog)."""
+    jax = sys.modules.get("jax")
+    if jax is not None and jax.distributed.is_initialized() and jax.process_count() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from bitembed_jax.data.tokenize import Tokenize
 from bitembed_jax.io.load import load_model_dir
 from bitembed_jax.io.model_dir import read_config
 from bitembed_jax.models import embed
+from bitembed_jax.quant.storage import model_storage
 
 
 def _bucket(n: int, max_length: int) -> int:
@@ -82,5 +83,4 @@ class Encoder:
         vecs = np.concatenate(out)
         if precision == "fp32" and dim is None:
             return vecs
-        from bitembed_jax.quant.storage import model_storage
         return model_storage(vecs, precision, self.meta, dim)

@@ -77,7 +77,13 @@ def _score_model(args, path, precisions, dims, data) -> list[dict]:
 
 
 def run_eval(args) -> dict:
+    import jax
+
     from bitembed_jax.eval import local, report
+
+    if jax.process_index() != 0:  # scores are small; one process computes and writes them
+        print(f"process {jax.process_index()}: eval runs on process 0 of {jax.process_count()}")
+        return {}
 
     if not (args.benchmark or args.tasks or args.retrieval or args.sts):
         raise ValueError("nothing to evaluate: give --benchmark/--tasks (mteb) and/or --retrieval/--sts (local files)")

@@ -26,10 +26,12 @@ from mteb.models.abs_encoder import AbsEncoder, get_prompt_name
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
-from bitembed_jax.data.tokenize import DEFAULT_QUERY_TEMPLATE
-from bitembed_jax.eval.local import embed_texts
 from bitembed_jax.choices import PRECISIONS
-from bitembed_jax.quant.storage import decode_storage, model_storage
+from bitembed_jax.data.tokenize import DEFAULT_QUERY_TEMPLATE
+from bitembed_jax.encode import Encoder
+from bitembed_jax.eval.local import embed_texts
+from bitembed_jax.io.model_dir import CONFIG_NAME
+from bitembed_jax.quant.storage import bytes_per_vector, decode_storage, model_storage
 
 MEAN = "mteb mean"  # the dataset name of the rows averaging all tasks
 
@@ -55,9 +57,6 @@ class MTEBEncoder(AbsEncoder):
 
     @classmethod
     def from_pretrained(cls, model_dir: str, *, max_length: int | None = None, **kw) -> "MTEBEncoder":
-        from bitembed_jax.encode import Encoder
-        from bitembed_jax.io.model_dir import CONFIG_NAME
-
         with open(os.path.join(model_dir, CONFIG_NAME), "rb") as f:  # identifies the weights' conversion/training
             revision = hashlib.sha1(f.read()).hexdigest()[:12]
         enc = Encoder.from_pretrained(model_dir, max_length=max_length)
@@ -138,8 +137,6 @@ def evaluate_mteb(model: MTEBEncoder, tasks, settings, output_dir: str) -> list[
     under ``output_dir``; one row per task and setting, plus the mean over tasks per setting."""
     import mteb
     from mteb.abstasks.aggregated_task import AbsTaskAggregate
-
-    from bitembed_jax.quant.storage import bytes_per_vector
 
     cache = mteb.ResultCache(cache_path=output_dir)
     scales = model.encoder.meta.get("embedding_scales", {})

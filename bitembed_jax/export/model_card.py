@@ -4,9 +4,11 @@ import math
 import numpy as np
 from flax import nnx
 
+from bitembed_jax.choices import PRECISIONS
 from bitembed_jax.convert.name_maps import expand
 from bitembed_jax.io.state_paths import flat_params
 from bitembed_jax.layers.bitlinear import linears
+from bitembed_jax.quant.storage import bytes_per_vector
 
 COMPONENTS = ("token embeddings", "ternary linears (packed)", "linear scales", "norms and biases")
 FLOAT_BYTES = {"float32": 4, "bfloat16": 2}
@@ -80,9 +82,6 @@ def size_table(s: dict) -> str:
 
 
 def vector_table(cfg, meta: dict) -> str:
-    from bitembed_jax.choices import PRECISIONS
-    from bitembed_jax.quant.storage import bytes_per_vector
-
     trained = set(meta.get("precisions") or ["fp32"])
     dims = sorted({int(d) or cfg.hidden_size for d in (meta.get("matryoshka_dims") or [0])}, reverse=True)
     head = "| precision | " + " | ".join(f"bytes at dim {d}" for d in dims) + " | trained for |"

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 
+from bitembed_jax.data.tokenize import Tokenize
 from bitembed_jax.io.model_dir import TOKENIZER_FILES
 
 PROBES = ("hello world", "A longer probe sentence, with punctuation: 42!", "x")
@@ -66,8 +67,6 @@ def _affixes(tok):
 def write_tokenizer(src_dir: str, dst_dir: str, *, append_eos: bool, max_length: int) -> None:
     """Copy the tokenizer files; with ``append_eos`` make the tokenizer end every text with EOS."""
     from transformers import AutoTokenizer
-
-    from bitembed_jax.data.tokenize import Tokenize
 
     names = [n for n in TOKENIZER_FILES if os.path.exists(os.path.join(src_dir, n))]
     if "tokenizer_config.json" not in names:

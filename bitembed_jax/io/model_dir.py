@@ -53,7 +53,7 @@ def _save_local(out_dir, model, cfg, tokenizer_dir, extra, overwrite):
     check_writable(out_dir, overwrite)
     with paths.atomic_dir(out_dir) as tmp:
         params = flat_params(nnx.state(model))
-        ckpt = ocp.StandardCheckpointer()
+        ckpt = ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
         ckpt.save(os.path.join(tmp, PARAMS_DIR), {k: np.asarray(jax.device_get(v)) for k, v in params.items()})
         ckpt.wait_until_finished()
         with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
@@ -64,6 +64,16 @@ def _save_local(out_dir, model, cfg, tokenizer_dir, extra, overwrite):
                 if os.path.exists(src):
                     shutil.copy2(src, os.path.join(tmp, name))
     return out_dir
+
+
+def _this_process_only():
+    """A model folder is written by one process (process 0 of a pod) from host arrays: orbax must not wait for
+    the other processes at its barriers."""
+    if jax.process_count() == 1:
+        return ocp.options.MultiprocessingOptions()
+    me = jax.process_index()
+    return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
+                                              barrier_sync_key_prefix=f"model-dir-{me}")
 
 
 def saved_steps(workdir: str) -> list[int]:

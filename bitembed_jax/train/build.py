@@ -5,10 +5,13 @@ import json
 import os
 
 from bitembed_jax.convert.fp_to_bitnet import bitnet_config, converts, fp_to_bitnet
+from bitembed_jax.convert.hf_config import from_hf_config
+from bitembed_jax.convert.hf_import import import_hf
 from bitembed_jax.io.load import load_model_dir
 from bitembed_jax.io.model_dir import CONFIG_NAME, read_config
 from bitembed_jax.models.presets import PRESETS
 from bitembed_jax.train.config_checks import check_init_model, uses_teacher
+from bitembed_jax.train.finetune import finetune_loss_and_grads
 from bitembed_jax.train.optimizer import make_optimizer
 from bitembed_jax.train.step import make_train_step
 
@@ -22,8 +25,6 @@ def _encoder_opts(cfg) -> dict:
 def student_config(cfg):
     """The student's ModelConfig from config.init.model (one of our folders, a local HF folder, or a preset
     name when it is a known HF id), without reading a weight."""
-    from bitembed_jax.convert.hf_config import from_hf_config
-
     path, init = cfg.init.model, cfg.init
     if os.path.exists(os.path.join(path, CONFIG_NAME)):
         mcfg, _ = read_config(path)
@@ -48,8 +49,6 @@ def load_student(cfg):
         if converts(mcfg, init):  # e.g. a student started from the fp teacher
             return fp_to_bitnet(model, mcfg, init)
         return model, mcfg
-    from bitembed_jax.convert.hf_import import import_hf
-
     return import_hf(path, **_encoder_opts(cfg))
 
 
@@ -64,8 +63,6 @@ def load_teacher(cfg, student_cfg):
     if os.path.exists(os.path.join(path, CONFIG_NAME)):
         model, tcfg = load_model_dir(path, dtype=cfg.train.dtype)
     else:
-        from bitembed_jax.convert.hf_import import import_hf
-
         model, tcfg = import_hf(path, mode="fp", attention=cfg.init.attention, pooling=cfg.init.pooling,
                                 dtype=cfg.train.dtype)
     if tcfg.mode != "fp":
@@ -87,8 +84,6 @@ def build_step(cfg, graphdef, model_state, mesh, *, teacher=None, loss_and_grads
     if uses_teacher(cfg):
         if teacher is None:
             raise ValueError("config.distill weights are set: the step needs the teacher")
-        from bitembed_jax.train.finetune import finetune_loss_and_grads
-
         loss_and_grads = loss_and_grads or finetune_loss_and_grads
     else:
         teacher = None

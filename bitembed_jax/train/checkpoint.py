@@ -21,6 +21,7 @@ from bitembed_jax.io import paths
 from bitembed_jax.io.model_dir import saved_steps
 
 CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.jsonl"
 # keys that may change between a run and its resumption: they don't change what is being trained
 RESUMABLE_PREFIXES = ("train.num_steps", "train.log_every", "checkpoint.", "mesh.", "data.dataset_dir")
 # keys added after work dirs existed, with the value that trains as before the key existed: a saved config
@@ -43,27 +44,52 @@ def config_dict(cfg) -> dict:
     return json.loads(cfg.to_json())
 
 
-def check_or_write_config(workdir: str, cfg, *, is_writer: bool = True) -> bool:
+def check_or_write_config(workdir: str, cfg, *, is_writer: bool = True, allow_change=()) -> bool:
     """First run: store the config. Later runs: refuse when a training-relevant key differs, unless the earlier
     run saved neither a checkpoint nor a model (it failed at its start, e.g. on bad data): then nothing of it can
-    be resumed or mixed, and the new config replaces its record. Returns whether it did."""
+    be resumed or mixed, and the new config replaces its record. Returns whether it did.
+
+    ``allow_change``: keys (or prefixes ending in '.') the operator explicitly lets differ (``--allow-change``,
+    e.g. a lower learning rate for a diverged run); each change is recorded in WORKDIR/history.jsonl."""
     if paths.exists(workdir) and not epath.Path(workdir).is_dir():
         raise NotADirectoryError(f"--workdir {workdir} is a file, not a folder")
     path = paths.join(workdir, CONFIG_FILE)
     current = config_dict(cfg)
-    restarted = False
+    restarted, allowed = False, []
     if paths.exists(path):
         saved = json.loads(epath.Path(path).read_text())
         diff = recorded_diff(_flatten(saved), _flatten(current), added=ADDED_KEYS, resumable=RESUMABLE_PREFIXES)
-        if diff and (saved_steps(workdir) or paths.exists(paths.join(workdir, "model"))):
-            lines = [f"  {k}: saved {a!r} != now {b!r}" for k, a, b in diff]
-            raise ValueError(f"{workdir} holds a run with a different config; refusing to resume "
-                             f"(use a new --workdir):\n" + "\n".join(lines))
-        restarted = bool(diff)
+        has_run = bool(saved_steps(workdir) or paths.exists(paths.join(workdir, "model")))
+        allowed = [d for d in diff if _allowed(d[0], allow_change)] if has_run else []
+        refused = [d for d in diff if d not in allowed]
+        if refused and has_run:
+            lines = [f"  {k}: saved {a!r} != now {b!r}" for k, a, b in refused]
+            raise ValueError(f"{workdir} holds a run with a different config; refusing to resume (use a new "
+                             f"--workdir, or name the keys that may change with --allow-change):\n"
+                             + "\n".join(lines))
+        restarted = bool(diff) and not has_run
     if is_writer:
         epath.Path(workdir).mkdir(parents=True, exist_ok=True)
         paths.write_text_atomic(path, json.dumps(current, indent=2, sort_keys=True))
+        if allowed:
+            record_history(workdir, {"event": "config_change", "from_step": (saved_steps(workdir) or [0])[-1],
+                                     "changes": {k: [a, b] for k, a, b in allowed}})
     return restarted
+
+
+def _allowed(key: str, allow_change) -> bool:
+    return any(key == a or (a.endswith(".") and key.startswith(a)) for a in allow_change)
+
+
+def record_history(workdir: str, event: dict):
+    """Append an operator's decision (a config change, a resume from an earlier checkpoint) to
+    WORKDIR/history.jsonl, so the run's record says how its curves came to be."""
+    import datetime
+
+    row = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **event}
+    target = paths.join(workdir, HISTORY_FILE)
+    old = epath.Path(target).read_text() if paths.exists(target) else ""
+    paths.write_text_atomic(target, old + json.dumps(row, sort_keys=True) + "\n")
 
 
 def _encode_data_state(state):

@@ -3,11 +3,11 @@ import os
 import shutil
 
 import jax
-from jax.experimental import multihost_utils
 
 from bitembed_jax.data.pipeline import DEFAULT_QUERY_TEMPLATE, PairPipeline
 from bitembed_jax.data.tfds_builder import build_dataset, needs_rebuild
 from bitembed_jax.io import paths
+from bitembed_jax.parallel.distributed import agree
 
 
 def dataset_dir(cfg, workdir: str) -> tuple[str, bool]:
@@ -48,20 +48,28 @@ def ensure_dataset(cfg, workdir: str, log=print) -> str:
     """Process 0 (or each host, see dataset_dir) builds the dataset if absent; a stale one (inputs changed) is
     an error, not silently reused."""
     path, per_host = dataset_dir(cfg, workdir)
+    error = None
     if per_host or jax.process_index() == 0:
-        if os.path.exists(path) and os.listdir(path):
-            reason = _stale(cfg, path)
-            if reason:
-                raise ValueError(f"config.data.dataset_dir: {path} does not match config.data.train_files "
-                                 f"({reason}); remove it or point config.data.dataset_dir elsewhere")
-        else:
-            summary = build_dataset(list(cfg.data.train_files), path, **build_options(cfg))
-            held = summary.splits.get("validation", 0)
-            log(f"built dataset {path}: {summary.count} pairs" + (f" ({held} held out for validation)" if held else "")
-                + (f", skipped {summary.skipped} bad records: {list(summary.skip_reasons)}" if summary.skipped else ""))
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("bitembed_dataset_ready")
+        try:
+            _build_or_check(cfg, path, log)
+        except Exception as e:  # noqa: BLE001 - re-raised by agree, on every process
+            error = e
+    # the other processes wait here for process 0's build, and stop with it if it failed
+    agree(error, f"building the dataset {path}")
     return path
+
+
+def _build_or_check(cfg, path: str, log):
+    if os.path.exists(path) and os.listdir(path):
+        reason = _stale(cfg, path)
+        if reason:
+            raise ValueError(f"config.data.dataset_dir: {path} does not match config.data.train_files "
+                             f"({reason}); remove it or point config.data.dataset_dir elsewhere")
+        return
+    summary = build_dataset(list(cfg.data.train_files), path, **build_options(cfg))
+    held = summary.splits.get("validation", 0)
+    log(f"built dataset {path}: {summary.count} pairs" + (f" ({held} held out for validation)" if held else "")
+        + (f", skipped {summary.skipped} bad records: {list(summary.skip_reasons)}" if summary.skipped else ""))
 
 
 def query_prefix(cfg) -> str:

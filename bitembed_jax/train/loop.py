@@ -1,5 +1,10 @@
-"""``bitembed-jax train``: check, load the student, build data, run the jitted step, checkpoint, resume."""
-import os
+"""``bitembed-jax train``: check, load the student, build data, run the jitted step, checkpoint, resume.
+
+One process or many (a pod: one per host, see ``parallel.distributed``): every process runs this same code on
+its share of the data; the processes agree on errors, on when to stop, and on the final state, which process
+0 alone writes as the model folder.
+"""
+import dataclasses
 import signal
 import sys
 import time
@@ -10,16 +15,19 @@ from flax import nnx
 
 from bitembed_jax.io import paths
 from bitembed_jax.io.model_dir import resolve_model_dir, save_model_dir
-from bitembed_jax.parallel.mesh import make_mesh, maybe_initialize_distributed
+from bitembed_jax.parallel.distributed import Watchdog, agree, any_process, heartbeat_timeout, join
+from bitembed_jax.parallel.mesh import make_mesh
 from bitembed_jax.train.build import build_step, load_student, load_teacher
 from bitembed_jax.train.checkpoint import Checkpointer, check_disk_room, check_or_write_config
 from bitembed_jax.train.config_checks import check_teacher_tokenizer, uses_teacher, validate_config
+from bitembed_jax.train.data_setup import drop_stale_dataset, pipeline_from_config, query_prefix
 from bitembed_jax.train.metrics import MetricsWriter
+from bitembed_jax.train.resume import check_finite_state, resume_hint, set_aside_later_checkpoints
 from bitembed_jax.train.step import with_shardings
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+class NonFiniteLoss(ValueError):
+    """The run diverged: a step's loss, gradients or updated parameters are not finite (it was not saved)."""
 
 
 def localize_inputs(cfg):
@@ -42,40 +50,81 @@ def global_batch(local: dict, shardings: dict):
             if k in shardings}
 
 
-class _Preemption:
-    """SIGTERM (TPU preemption) asks the loop to checkpoint and stop at the next step."""
+class Interrupts:
+    """SIGTERM (TPU maintenance, a scheduler) and a first Ctrl-C ask the loop to checkpoint and stop after the
+    current step; a second Ctrl-C aborts at once (KeyboardInterrupt)."""
 
     def __init__(self):
-        self.requested = False
-        self._old = signal.signal(signal.SIGTERM, self._handle)
+        self.requested = None  # the name of the signal that asked
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
-    def _handle(self, *_):
+    def _handle(self, signum, _frame):
+        name = signal.Signals(signum).name
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         if not self.requested:  # a step plus a checkpoint of a real model takes a while: say what is coming
-            print("SIGTERM: stopping after the current step and its checkpoint", file=sys.stderr, flush=True)
-        self.requested = True
+            again = " (Ctrl-C again to abort without saving)" if signum == signal.SIGINT else ""
+            print(f"{name}: stopping after the current step and its checkpoint{again}", file=sys.stderr, flush=True)
+            self.requested = name
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self._old)
+        for s, old in self._old.items():
+            signal.signal(s, old)
 
 
-def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads=None):
-    """Run (or resume) a training run in ``workdir``; returns the final model folder (None if stopped early).
+@dataclasses.dataclass
+class Run:
+    """What ``setup`` builds and the loop advances."""
+    cfg: object
+    workdir: str
+    mcfg: object
+    graphdef: object
+    fns: object
+    state: dict
+    data_iter: object
+    ckpt: Checkpointer
+    teacher_args: tuple
+    start: int
+
+
+def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads=None, resume_from=None,
+          allow_change=()):
+    """Run (or resume) a training run in ``workdir``; returns the final model folder, or None when a signal
+    stopped it early (checkpointed: the same command resumes).
 
     ``devices`` restricts the mesh to some local devices (tests compare meshes in one process).
+    ``resume_from``: a saved step to continue from; later checkpoints are set aside (``train.resume``).
+    ``allow_change``: config keys that may differ from the work dir's record (``--allow-change``).
     """
-    maybe_initialize_distributed()
+    join()
+    workdir = paths.absolute(workdir)
+    watchdog = Watchdog(heartbeat_timeout(), lambda: resume_hint(workdir)).start()
+    try:
+        run = setup(cfg, workdir, devices, make_pipeline, loss_and_grads, resume_from, allow_change)
+        if not run_steps(run):
+            return None
+        return finish(run)
+    finally:
+        watchdog.stop()
+
+
+def setup(cfg, workdir, devices, make_pipeline, loss_and_grads, resume_from, allow_change) -> Run:
     cfg.init.model = resolve_model_dir(cfg.init.model)
     devices = list(devices) if devices is not None else jax.devices()
     validate_config(cfg, len(devices), jax.process_count())
-    workdir = paths.absolute(workdir)
     is_main = jax.process_index() == 0
-    restarted = check_or_write_config(workdir, cfg, is_writer=is_main)
+    error, restarted = None, False
+    try:
+        restarted = check_or_write_config(workdir, cfg, is_writer=is_main, allow_change=allow_change)
+        if resume_from is not None and is_main:
+            set_aside_later_checkpoints(workdir, int(resume_from))
+    except Exception as e:  # noqa: BLE001 - re-raised by agree, on every process
+        error = e
+    agree(error, "checking the work dir")
     cfg = localize_inputs(cfg)
     if restarted:
         print(f"{workdir}: its earlier run stopped before its first checkpoint; starting over with this config")
         if is_main:
-            from bitembed_jax.train.data_setup import drop_stale_dataset
-
             drop_stale_dataset(cfg, workdir)
     mesh = make_mesh(cfg.mesh, devices)
 
@@ -88,8 +137,6 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
     tokenizer = AutoTokenizer.from_pretrained(cfg.init.model)
     if uses_teacher(cfg):  # before the dataset is built and the step compiled
         check_teacher_tokenizer(cfg.teacher.model, tokenizer)
-    from bitembed_jax.train.data_setup import pipeline_from_config, query_prefix
-
     pipeline = (make_pipeline or pipeline_from_config)(cfg, workdir, tokenizer, mcfg)
     graphdef, model_state = nnx.split(model)
     teacher_args = ()
@@ -101,68 +148,111 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
         del t_state
     else:
         fns = build_step(cfg, graphdef, model_state, mesh, loss_and_grads=loss_and_grads)
+    state, data_iter, ckpt, start = _initial_state(cfg, workdir, fns, model_state, pipeline)
+    return Run(cfg, workdir, mcfg, graphdef, fns, state, data_iter, ckpt, teacher_args, start)
+
+
+def _initial_state(cfg, workdir, fns, model_state, pipeline):
+    """(state, data iterator, checkpointer, start step): the latest checkpoint's, else a fresh start."""
     ckpt = Checkpointer(workdir, cfg.checkpoint)
     data_iter = iter(pipeline)
     start = ckpt.latest_step()
     # every host checks (a multi-host work dir is shared), so all stop together rather than some hang
     check_disk_room(workdir, fns.abstract_state, cfg.checkpoint, int(cfg.train.num_steps), start or 0,
                     ckpt.num_saved())
-    if start is not None:
-        state, data_state = ckpt.restore(start, with_shardings(fns.abstract_state, fns.state_shardings))
-        data_iter.set_state(data_state)
-    else:
-        start = 0
-        state = fns.init(nnx.to_pure_dict(model_state))
-    del model, model_state
+    if start is None:
+        return fns.init(nnx.to_pure_dict(model_state)), data_iter, ckpt, 0
+    state, data_state = ckpt.restore(start, with_shardings(fns.abstract_state, fns.state_shardings))
+    check_finite_state(state, start, workdir)
+    data_iter.set_state(data_state)
+    return state, data_iter, ckpt, start
 
-    writer = MetricsWriter(workdir, int(cfg.train.num_steps), start)
-    if start:
-        writer.message(f"resumed from step {start} in {ckpt.directory}")
-    preempt = _Preemption()
+
+def _check_finite(metrics: dict, step: int, ckpt: Checkpointer):
+    bad = [k for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])]
+    if not metrics.pop("params_finite"):
+        bad.append("updated parameters")
+    if bad:
+        last = ckpt.latest_step()
+        where = (f"The last checkpoint, step {last} in {ckpt.directory}, was saved before it (its parameters are "
+                 f"checked again when restored): rerun the command to retry from it, or resume with a lower "
+                 f"learning rate: --resume-from {last} --allow-change train.learning_rate "
+                 f"--config.train.learning_rate=..." if last is not None else
+                 "No checkpoint was saved before it: lower config.train.learning_rate and start again.")
+        raise NonFiniteLoss(f"training diverged at step {step}: {', '.join(bad)} not finite "
+                            f"(loss {metrics['loss']}, grad_norm {metrics['grad_norm']}); step {step} was not "
+                            f"saved. {where}")
+
+
+def run_steps(run: Run) -> bool:
+    """Train from ``run.start`` to the end; False when a signal stopped it after a checkpoint."""
+    cfg, ckpt, fns = run.cfg, run.ckpt, run.fns
+    num_steps = int(cfg.train.num_steps)
+    writer = MetricsWriter(run.workdir, num_steps, run.start)
+    if run.start:
+        writer.message(f"resumed from step {run.start} in {ckpt.directory}")
+    writer.message("compiling the train step (the first step waits for it)")
+    interrupts = Interrupts()
     tokens_per_pair = cfg.data.query_max_len + cfg.data.passage_max_len * (1 + cfg.data.num_negatives)
-    last_good = start
     t0, real_tokens = time.perf_counter(), 0
     try:
-        for step in range(start + 1, int(cfg.train.num_steps) + 1):
-            host_batch = next(data_iter)
-            batch = global_batch(host_batch, fns.batch_shardings)
-            state, metrics = fns.step_for(step - 1)(state, batch, *teacher_args)
+        for step in range(run.start + 1, num_steps + 1):
+            batch = global_batch(next(run.data_iter), fns.batch_shardings)
+            run.state, metrics = fns.step_for(step - 1)(run.state, batch, *run.teacher_args)
             metrics = jax.device_get(metrics)
             real_tokens += int(metrics.pop("tokens"))
-            if not np.isfinite(metrics["loss"]):
-                raise NonFiniteLoss(f"loss is {metrics['loss']} at step {step}; stopping. The last good "
-                                    f"checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is intact.")
-            last_good = step
+            _check_finite(metrics, step, ckpt)
             writer.advance()
-            if step % cfg.train.log_every == 0 or step == cfg.train.num_steps:
+            if step % cfg.train.log_every == 0 or step == num_steps:
                 dt = time.perf_counter() - t0
                 n = cfg.train.log_every if step % cfg.train.log_every == 0 else step % cfg.train.log_every
                 metrics.update(pairs_per_s=n * cfg.train.batch_size / dt, tokens_per_s=real_tokens / dt,
                                padded_tokens_per_s=n * cfg.train.batch_size * tokens_per_pair / dt)
                 writer.write(step, metrics)
                 t0, real_tokens = time.perf_counter(), 0
-            ckpt.save(step, state, data_iter.get_state(), force=preempt.requested)
-            if preempt.requested:
-                writer.message(f"SIGTERM: saved step {step}, stopping")
-                break
+            stop = any_process(interrupts.requested is not None)  # every host stops at the same step
+            ckpt.save(step, run.state, run.data_iter.get_state(), force=stop)
+            if stop:
+                writer.message(f"{interrupts.requested or 'a signal on another host'}: saved step {step}, "
+                               f"stopping; rerun the same command to resume")
+                ckpt.close()
+                return False
     except BaseException:
         ckpt.abandon()
         raise
     else:
         ckpt.close()  # the final async save's failure surfaces here, as a CheckpointSaveError
     finally:
-        preempt.restore()
+        interrupts.restore()
         writer.close()
-    if last_good < cfg.train.num_steps:
-        return None
-    final = nnx.merge(graphdef, jax.device_get(state["params"]["model"]))
-    out = os.path.join(workdir, "model")
-    if is_main:
-        save_model_dir(out, final, mcfg, tokenizer_dir=cfg.init.model, overwrite=True,
-                       extra={"prompts": {"query": query_prefix(cfg)},
-                              "train": {"steps": int(cfg.train.num_steps), "stage": cfg.stage},
-                              "precisions": sorted({p for p, w in cfg.loss.precisions.items() if w > 0}),
-                              "matryoshka_dims": sorted({int(d) for d in cfg.loss.matryoshka_dims})})
-        writer.message(f"done: model folder {out}; metrics {os.path.join(workdir, 'metrics.jsonl')}; "
-                       f"TensorBoard {os.path.join(workdir, 'tensorboard')}")
+    return True
+
+
+def host_params(params):
+    """The model's parameters as numpy on every process (a collective when they span several hosts)."""
+    if jax.process_count() == 1:
+        return jax.device_get(params)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(params, tiled=True)
+
+
+def finish(run: Run) -> str:
+    """Write the final model folder once (process 0), after every process holds the final state."""
+    cfg, workdir = run.cfg, run.workdir
+    final = nnx.merge(run.graphdef, host_params(run.state["params"]["model"]))
+    out = paths.join(workdir, "model")
+    error = None
+    if jax.process_index() == 0:
+        try:
+            save_model_dir(out, final, run.mcfg, tokenizer_dir=cfg.init.model, overwrite=True,
+                           extra={"prompts": {"query": query_prefix(cfg)},
+                                  "train": {"steps": int(cfg.train.num_steps), "stage": cfg.stage},
+                                  "precisions": sorted({p for p, w in cfg.loss.precisions.items() if w > 0}),
+                                  "matryoshka_dims": sorted({int(d) for d in cfg.loss.matryoshka_dims})})
+            print(f"done: model folder {out}; metrics {paths.join(workdir, 'metrics.jsonl')}; "
+                  f"TensorBoard {paths.join(workdir, 'tensorboard')}")
+        except Exception as e:  # noqa: BLE001 - re-raised by agree, on every process
+            error = e
+    agree(error, "writing the final model folder")  # the others wait here until process 0 has written it
     return out

@@ -186,8 +186,10 @@ def make_train_step(cfg, graphdef, abstract_model_state, mesh, tx, schedule, *, 
         params = optax.apply_updates(state["params"], updates)
         # non-padding tokens of the global batch: a sum over the sharded masks, so every host sees the total
         tokens = sum(jnp.sum(v, dtype=jnp.int32) for k, v in batch.items() if k.endswith("_mask"))
+        # a diverged step must never be checkpointed: the loop checks this before saving
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state["step"]),
-                   "tokens": tokens, **aux}
+                   "tokens": tokens, "params_finite": finite, **aux}
         if cfg.loss.learnable_temperature:
             metrics["temperature"] = jnp.exp(-params["log_inv_temperature"])
         if blended:
