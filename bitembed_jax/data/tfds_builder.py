@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from bitembed_jax.data import records
+from bitembed_jax.io.paths import remove_leftovers
 
 FORMAT = "bitembed-pairs-v1"  # marks folders this module built (and may therefore replace)
 METADATA_FILE = "metadata.json"  # where tfds writes ``info.metadata``
@@ -159,9 +160,9 @@ def build_dataset(files: Sequence[str], out_dir: str, *, skip_bad: bool = False,
                   validation_fraction: float = 0.0, seed: int = 0, overwrite: bool = False) -> BuildSummary:
     """Validate ``files`` and write them as an ArrayRecord dataset into ``out_dir``.
 
-    The build happens in a temporary sibling folder that is renamed into place at the end, so
-    ``out_dir`` never holds a half-written dataset. An existing build is replaced only with
-    ``overwrite=True``; a folder this function did not build is never replaced.
+    The build happens in a temporary sibling folder that is renamed into place at the end, so ``out_dir``
+    never holds a half-written dataset (the scratch folder of a killed build is removed first). An existing
+    build is replaced only with ``overwrite=True``; a folder this function did not build is never replaced.
     """
     paths = records.check_files(files)
     if max_negatives is not None and max_negatives < 0:
@@ -180,7 +181,11 @@ def build_dataset(files: Sequence[str], out_dir: str, *, skip_bad: bool = False,
             raise FileExistsError(f"{out_dir} already holds a built dataset ({state}); pass overwrite=True to rebuild")
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    prefix = f".{os.path.basename(out_dir)}.tmp-"
+    left = remove_leftovers(parent, prefix)
+    if left:
+        log.info("removed %s left in %s by an interrupted build", ", ".join(left), parent)
+    scratch = tempfile.mkdtemp(prefix=prefix, dir=parent)
     try:
         config = PairsConfig(name="pairs", files=tuple(paths), skip_bad=skip_bad, max_negatives=max_negatives,
                              validation_fraction=validation_fraction, seed=seed)
