@@ -191,7 +191,7 @@ def plan_install(a):
         f"({fetch})", UV_INSTALL,
         f"(test -x {venv}/bin/python || {UV} venv --python {shlex.quote(a.python)} {venv})",
         f"cd {src}",
-        f"{UV} pip install --python {venv}/bin/python -r requirements.txt -e . \"jax[tpu]\" gcsfs",
+        f"{UV} pip install --python {venv}/bin/python -r requirements.txt -e \".[tpu]\" gcsfs",
         f"{venv}/bin/bitembed-jax --help >/dev/null && echo \"$(hostname): bitembed-jax installed\"",
     ])
     return cmds + [_ssh(a, remote)]

@@ -148,7 +148,7 @@ def test_install_copies_this_checkout_or_clones(cloud):
     assert ssh[3:6] == ["tpu-vm", "ssh", "emb"] and "--worker=all" in ssh
     remote = remote_of(ssh)
     assert 'tar -xzf "$HOME"/bitembed-jax-src.tar.gz' in remote
-    assert 'pip install --python "$HOME"/bitembed-venv/bin/python -r requirements.txt -e . "jax[tpu]"' in remote
+    assert 'pip install --python "$HOME"/bitembed-venv/bin/python -r requirements.txt -e ".[tpu]" gcsfs' in remote
 
     (ssh,) = commands(tpu(cloud, "install", *WHERE, "--slices=2", "--dry-run",
                           env=dict(GIT_URL="https://example.com/org/bitembed jax.git", GIT_REF="v0.1")).stdout)
