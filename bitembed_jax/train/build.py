@@ -8,7 +8,7 @@ from bitembed_jax.convert.fp_to_bitnet import bitnet_config, converts, fp_to_bit
 from bitembed_jax.io.load import load_model_dir
 from bitembed_jax.io.model_dir import CONFIG_NAME, read_config
 from bitembed_jax.models.presets import PRESETS
-from bitembed_jax.train.config_checks import check_init_model, uses_teacher
+from bitembed_jax.train.config_checks import check_init_model, check_teacher_fits, uses_teacher
 from bitembed_jax.train.optimizer import make_optimizer
 from bitembed_jax.train.step import make_train_step
 
@@ -58,6 +58,20 @@ def teacher_config(student_cfg):
     return student_cfg.replace(mode="fp")
 
 
+def read_teacher_config(cfg):
+    """The teacher's ModelConfig from config.teacher.model (one of our folders or an HF folder, imported in fp),
+    without reading a weight."""
+    path = cfg.teacher.model
+    if os.path.exists(os.path.join(path, CONFIG_NAME)):
+        return read_config(path)[0]
+    from bitembed_jax.convert.hf_config import from_hf_config
+    from bitembed_jax.convert.hf_import import read_hf_config
+
+    hf, cfg_path = read_hf_config(path)
+    return from_hf_config(hf, cfg_path, mode="fp", attention=cfg.init.attention, pooling=cfg.init.pooling,
+                          dtype=cfg.train.dtype)
+
+
 def load_teacher(cfg, student_cfg):
     """The frozen full-precision teacher (HF folder imported in fp mode, or one of our fp model folders)."""
     path = cfg.teacher.model
@@ -68,15 +82,7 @@ def load_teacher(cfg, student_cfg):
 
         model, tcfg = import_hf(path, mode="fp", attention=cfg.init.attention, pooling=cfg.init.pooling,
                                 dtype=cfg.train.dtype)
-    if tcfg.mode != "fp":
-        raise ValueError(f"config.teacher.model={path!r} holds a {tcfg.mode!r} model; the teacher must be fp")
-    if tcfg.vocab_size != student_cfg.vocab_size:
-        raise ValueError(f"config.teacher.model: vocabulary {tcfg.vocab_size} != the student's "
-                         f"{student_cfg.vocab_size}; teacher and student must share the tokenizer")
-    aligned = [k for k in ("embed_weight", "hidden_weight") if cfg.distill[k] > 0]
-    if aligned and tcfg.hidden_size != student_cfg.hidden_size:
-        raise ValueError(f"config.distill.{aligned[0]}: the teacher's hidden size {tcfg.hidden_size} != the "
-                         f"student's {student_cfg.hidden_size}; vector alignment needs equal widths")
+    check_teacher_fits(cfg, student_cfg, tcfg)
     return model
 
 

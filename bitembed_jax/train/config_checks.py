@@ -121,6 +121,21 @@ def check_teacher_tokenizer(teacher_dir: str, student_tokenizer):
                          "the tokenizer")
 
 
+def check_teacher_fits(cfg, student_cfg, teacher_cfg):
+    """The teacher is fp, has the student's vocabulary and, for vector alignment, its width: checked on the two
+    configs before any weight is read or the dataset is built (``build.read_teacher_config``)."""
+    path = cfg.teacher.model
+    if teacher_cfg.mode != "fp":
+        raise ValueError(f"config.teacher.model={path!r} holds a {teacher_cfg.mode!r} model; the teacher must be fp")
+    if teacher_cfg.vocab_size != student_cfg.vocab_size:
+        raise ValueError(f"config.teacher.model: vocabulary {teacher_cfg.vocab_size} != the student's "
+                         f"{student_cfg.vocab_size}; teacher and student must share the tokenizer")
+    aligned = [k for k in ("embed_weight", "hidden_weight") if cfg.distill[k] > 0]
+    if aligned and teacher_cfg.hidden_size != student_cfg.hidden_size:
+        raise ValueError(f"config.distill.{aligned[0]}: the teacher's hidden size {teacher_cfg.hidden_size} != the "
+                         f"student's {student_cfg.hidden_size}; vector alignment needs equal widths")
+
+
 def check_init_model(init, mcfg, path: str):
     """config.init describes the student; a model folder already fixes some of it, and a key that disagrees
     would be recorded in the run's config.json while the folder's value trains. The BitNet options of an fp

@@ -11,9 +11,10 @@ from flax import nnx
 from bitembed_jax.io import paths
 from bitembed_jax.io.model_dir import resolve_model_dir, save_model_dir
 from bitembed_jax.parallel.mesh import make_mesh, maybe_initialize_distributed
-from bitembed_jax.train.build import build_step, load_student, load_teacher
+from bitembed_jax.train.build import build_step, load_student, load_teacher, read_teacher_config, student_config
 from bitembed_jax.train.checkpoint import Checkpointer, check_disk_room, check_or_write_config
-from bitembed_jax.train.config_checks import check_teacher_tokenizer, uses_teacher, validate_config
+from bitembed_jax.train.config_checks import (check_teacher_fits, check_teacher_tokenizer, uses_teacher,
+                                              validate_config)
 from bitembed_jax.train.metrics import MetricsWriter
 from bitembed_jax.train.step import with_shardings
 
@@ -78,6 +79,8 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
 
             drop_stale_dataset(cfg, workdir)
     mesh = make_mesh(cfg.mesh, devices)
+    if uses_teacher(cfg):  # from the two configs, before a weight is read or the dataset built
+        check_teacher_fits(cfg, student_config(cfg), read_teacher_config(cfg))
 
     model, mcfg = load_student(cfg)
     too_wide = [int(d) for d in cfg.loss.matryoshka_dims if int(d) > mcfg.hidden_size]
