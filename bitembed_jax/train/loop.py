@@ -125,11 +125,17 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
     tokens_per_pair = cfg.data.query_max_len + cfg.data.passage_max_len * (1 + cfg.data.num_negatives)
     last_good = start
     t0, real_tokens = time.perf_counter(), 0
+    compiled = set()
     try:
         for step in range(start + 1, int(cfg.train.num_steps) + 1):
             host_batch = next(data_iter)
             batch = global_batch(host_batch, fns.batch_shardings)
-            state, metrics = fns.step_for(step - 1)(state, batch, *teacher_args)
+            program = fns.step_for(step - 1)
+            if program not in compiled:  # seconds on the quickstart, minutes on a real model: say why we wait
+                writer.message(f"step {step}: compiling the train step"
+                               + (" (gradual quantization: its warmup program)" if program is fns.warmup_step else ""))
+                compiled.add(program)
+            state, metrics = program(state, batch, *teacher_args)
             metrics = jax.device_get(metrics)
             real_tokens += int(metrics.pop("tokens"))
             if not np.isfinite(metrics["loss"]):
