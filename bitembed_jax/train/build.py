@@ -11,6 +11,7 @@ from bitembed_jax.models.presets import PRESETS
 from bitembed_jax.train.config_checks import check_init_model, check_teacher_fits, uses_teacher
 from bitembed_jax.train.optimizer import make_optimizer
 from bitembed_jax.train.step import make_train_step
+from bitembed_jax.train.tiny_backbone import tiny_arch, tiny_hf_config
 
 
 def _encoder_opts(cfg) -> dict:
@@ -20,8 +21,8 @@ def _encoder_opts(cfg) -> dict:
 
 
 def student_config(cfg):
-    """The student's ModelConfig from config.init.model (one of our folders, a local HF folder, or a preset
-    name when it is a known HF id), without reading a weight."""
+    """The student's ModelConfig from config.init.model (one of our folders, a local HF folder, a preset
+    name when it is a known HF id, or a tiny backbone), without reading a weight."""
     from bitembed_jax.convert.hf_config import from_hf_config
 
     path, init = cfg.init.model, cfg.init
@@ -36,6 +37,8 @@ def student_config(cfg):
             return from_hf_config(json.load(f), os.path.join(path, "config.json"), **_encoder_opts(cfg))
     if path in PRESETS:
         return from_hf_config(dict(PRESETS[path]), f"preset {path}", **_encoder_opts(cfg))
+    if tiny_arch(path):
+        return from_hf_config(tiny_hf_config(tiny_arch(path)), f"tiny backbone {path}", **_encoder_opts(cfg))
     raise ValueError(f"config.init.model={path!r}: not a local folder and not one of the presets {sorted(PRESETS)}")
 
 

@@ -7,6 +7,7 @@ from bitembed_jax.choices import INIT_CHOICES, PRECISIONS, TRAINING_STAGES
 from bitembed_jax.convert.fp_to_bitnet import converts
 from bitembed_jax.io import paths
 from bitembed_jax.parallel.mesh import mesh_shape
+from bitembed_jax.train.tiny_backbone import tiny_arch
 
 
 def check_folder(key: str, path: str):
@@ -24,8 +25,10 @@ def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: 
             raise ValueError(f"config.init.{key}={cfg.init[key]!r} is not one of {', '.join(map(str, choices))}")
     if check_paths:
         if not cfg.init.model:
-            raise ValueError("config.init.model is empty: give a local HF folder or a bitembed-jax model folder")
-        check_folder("init.model", cfg.init.model)
+            raise ValueError("config.init.model is empty: give a local HF folder or a bitembed-jax model folder "
+                             "(or tiny:qwen3 for the quickstart's tiny random backbone)")
+        if tiny_arch(cfg.init.model) is None:
+            check_folder("init.model", cfg.init.model)
         if not cfg.data.train_files:
             raise ValueError("config.data.train_files is empty")
         for f in cfg.data.train_files:

@@ -17,6 +17,7 @@ from bitembed_jax.train.config_checks import (check_teacher_fits, check_teacher_
                                               validate_config)
 from bitembed_jax.train.metrics import MetricsWriter
 from bitembed_jax.train.step import with_shardings
+from bitembed_jax.train.tiny_backbone import make_tiny_backbone, tiny_arch
 
 
 class NonFiniteLoss(RuntimeError):
@@ -72,6 +73,8 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
     is_main = jax.process_index() == 0
     restarted = check_or_write_config(workdir, cfg, is_writer=is_main)
     cfg = localize_inputs(cfg)
+    if tiny_arch(cfg.init.model):  # the quickstart's: the work dir's config.json keeps "tiny:ARCH"
+        cfg.init.model = make_tiny_backbone(cfg.init.model, workdir)
     if restarted:
         print(f"{workdir}: its earlier run stopped before its first checkpoint; starting over with this config")
         if is_main:
