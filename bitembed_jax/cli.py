@@ -69,10 +69,15 @@ def _train(args, overrides):
 
 def _aot(args, overrides):
     from bitembed_jax.config_loader import apply_overrides, load_config_file
-    from bitembed_jax.train.aot import compile_step, format_report, model_flops_per_step, report, topology_devices
+    from bitembed_jax.train.aot import (LibtpuMissing, compile_step, format_report, model_flops_per_step, report,
+                                        topology_devices)
 
     cfg = apply_overrides(load_config_file(args.config), overrides)
-    devices = topology_devices(args.topology)
+    try:
+        devices = topology_devices(args.topology)
+    except LibtpuMissing as e:  # a CPU install: one line on what to install, as for any other usage error
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     try:
         compiled, mcfg = compile_step(cfg, devices)
     except Exception as e:  # the TPU compiler itself refuses programs that exceed HBM

@@ -1,4 +1,7 @@
-"""Quickstart: a tiny BitNet encoder on the shipped sample pairs; a few minutes on a 2-core CPU."""
+"""Quickstart: a tiny BitNet encoder on the shipped sample pairs; a few minutes on a 2-core CPU.
+
+    bitembed-jax train --config configs/quickstart.py --workdir DIR [--init-from HF_OR_MODEL_DIR]
+"""
 import os
 
 from configs import base
@@ -8,7 +11,7 @@ SAMPLE = os.path.join(os.path.dirname(__file__), "..", "bitembed_jax", "data", "
 
 def get_config():
     c = base.get_config()
-    c.init.model = ""  # set with --config.init.model=DIR (see README quickstart)
+    c.init.model = "tiny:qwen3"  # a tiny random Qwen3 made in the work dir; --init-from DIR trains another
     c.data.train_files = [os.path.abspath(SAMPLE)]
     c.data.query_max_len = 64
     c.data.passage_max_len = 96

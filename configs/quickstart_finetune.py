@@ -8,6 +8,7 @@ from configs import quickstart
 def get_config():
     c = quickstart.get_config()
     c.stage = "finetune"
+    c.init.model = ""  # the quickstart's trained run: --init-from RUN1
     c.train.num_steps = 40
     c.train.learning_rate = 5e-4
     c.loss.precisions.update({"fp32": 1.0, "int8": 0.5, "int4": 0.5, "binary": 0.25})

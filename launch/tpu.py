@@ -2,7 +2,10 @@
 """Cloud TPU VM launcher for bitembed-jax: create, install, run on every worker, logs, stop, delete.
 
 Every subcommand prints the exact command lines (``+ gcloud ...``) before running them; ``--dry-run``
-(or ``DRY_RUN=1``) only prints. Settings come from flags or the environment:
+(or ``DRY_RUN=1``) only prints. Values of ``run --env`` variables that hold secrets (names with TOKEN, KEY,
+SECRET or PASSWORD) are never printed and never put on a command line, where other users of this machine or
+of the VMs could read them in the process list: they reach the workers in a file of mode 0600 that the
+remote shell reads and deletes before starting the job. Settings come from flags or the environment:
 
     PROJECT  ZONE  TPU_NAME  ACCELERATOR  RUNTIME_VERSION  SLICES  QUEUED  QR_ID  SPOT  GIT_URL  GIT_REF
 
@@ -17,6 +20,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 # default TPU software version per accelerator family (gcloud has none for the runtime)
@@ -31,6 +35,7 @@ UV = '"$HOME"/.local/bin/uv'
 UV_INSTALL = f"(test -x {UV} || curl -LsSf https://astral.sh/uv/install.sh | sh)"
 ARCHIVE = "bitembed-jax-src.tar.gz"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
 
 
 def fail(message: str):
@@ -81,7 +86,9 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", parents=[common], help="run a command on every worker (background, logged)")
     r.add_argument("--job", default="train", help="job name: log ~/bitembed-logs/JOB.log, pid file JOB.pid")
-    r.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment (repeatable)")
+    r.add_argument("--env", action="append", default=[], metavar="KEY[=VALUE]",
+                   help="extra environment (repeatable); KEY alone passes this shell's value of KEY, which keeps "
+                        "a secret off the command line")
     r.add_argument("--foreground", action="store_true", help="wait for it and stream its output (no log file)")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command, e.g. -- bitembed-jax train ...")
 
@@ -184,23 +191,61 @@ def plan_install(a):
         f"({fetch})", UV_INSTALL,
         f"(test -x {venv}/bin/python || {UV} venv --python {shlex.quote(a.python)} {venv})",
         f"cd {src}",
-        f"{UV} pip install --python {venv}/bin/python -r requirements.txt -e . \"jax[tpu]\" gcsfs",
+        f"{UV} pip install --python {venv}/bin/python -r requirements.txt -e \".[tpu]\" gcsfs",
         f"{venv}/bin/bitembed-jax --help >/dev/null && echo \"$(hostname): bitembed-jax installed\"",
     ])
     return cmds + [_ssh(a, remote)]
 
 
-def _exports(a, env_items):
+def is_secret(name: str) -> bool:
+    return any(word in name.upper() for word in SECRET_WORDS)
+
+
+def _env_items(items):
+    """[(KEY, value)] of the --env arguments; KEY alone takes its value from this process's environment."""
+    env = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            fail(f"--env expects KEY=VALUE or KEY, got {key!r}")
+        if not sep:
+            if key not in os.environ:
+                fail(f"--env {key}: {key} is not set in this environment; export it or pass KEY=VALUE")
+            value = os.environ[key]
+        elif is_secret(key):
+            print(f"tpu.py: warning: the value of {key} is on tpu.py's own command line (process list, shell "
+                  f"history); export {key} and pass --env {key} instead", file=sys.stderr)
+        env.append((key, value))
+    return env
+
+
+def _exports(a, env):
     # jax finds the slice (and, for multi-slice, the MEGASCALE settings the queued resource put on the
     # VMs) by itself on TPU VMs: no jax.distributed arguments needed, only the platform and the venv
-    env = [("JAX_PLATFORMS", "tpu")]
-    for item in env_items:
-        key, sep, value = item.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            fail(f"--env expects KEY=VALUE, got {item!r}")
-        env.append((key, value))
-    words = [f"{k}={shlex.quote(v)}" for k, v in env]
+    words = [f"{k}={shlex.quote(v)}" for k, v in [("JAX_PLATFORMS", "tpu"), *env]]
     return "export " + " ".join(words + [f'PATH={_remote(a.venv)}/bin:"$PATH"'])
+
+
+def _secrets_plan(a, secrets):
+    """(commands that copy the secrets file to every worker, the remote shell that loads and deletes it).
+
+    The file is written only when the commands run (``write_secrets``), under a name of this process."""
+    if not secrets:
+        a.secrets_file = None
+        return [], ""
+    name = f".bitembed-{a.job}.env"
+    a.secrets_file = os.path.join(tempfile.gettempdir(), f"bitembed-{os.getpid()}-{a.job}.env")
+    a.secrets = secrets
+    remote = _remote(name)
+    load = f". {remote}; loaded=$?; rm -f {remote}; [ $loaded = 0 ] || exit 1; "
+    return [_scp(a, a.secrets_file, name)], load
+
+
+def write_secrets(path: str, secrets):
+    """``export KEY=value`` lines in a new file of mode 0600 (scp gives the copies on the workers its mode)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.writelines(f"export {k}={shlex.quote(v)}\n" for k, v in secrets)
 
 
 def _job_paths(job: str):
@@ -214,18 +259,20 @@ def plan_run(a):
     if not command:
         fail("run needs a command after --, e.g. run -- bitembed-jax train ...")
     cmd = shlex.join(command)
-    head = f"cd {_remote(a.remote_dir)} || exit 1; {_exports(a, a.env)}; "
-    if a.foreground:
-        return [_ssh(a, head + cmd)]
     log, pid = _job_paths(a.job)
+    env = _env_items(a.env)
+    copy, load = _secrets_plan(a, [(k, v) for k, v in env if is_secret(k)])
+    head = f"cd {_remote(a.remote_dir)} || exit 1; {_exports(a, [(k, v) for k, v in env if not is_secret(k)])}; "
+    if a.foreground:
+        return copy + [_ssh(a, load + head + cmd)]
     # setsid+nohup: the job outlives the ssh session; $! is the job itself, so `stop` signals it directly
-    remote = (f"mkdir -p {_remote('bitembed-logs')}; "
+    remote = (load + f"mkdir -p {_remote('bitembed-logs')}; "
               f"if [ -f {pid} ] && kill -0 \"$(cat {pid})\" 2>/dev/null; then "
               f"echo \"$(hostname): job {a.job} is already running\" >&2; exit 1; fi; "
               + head +
               f"setsid nohup {cmd} > {log} 2>&1 < /dev/null & echo $! > {pid}; "
               f"echo \"$(hostname): started {a.job}, log {log}\"")
-    return [_ssh(a, remote)]
+    return copy + [_ssh(a, remote)]
 
 
 def plan_logs(a):
@@ -303,7 +350,20 @@ def main(argv=None) -> int:
     args = _resolve(_parser().parse_args(argv))
     if args.cmd == "wait":
         return wait_active(args)
-    return execute(PLANS[args.cmd](args), args.dry_run)
+    cmds = PLANS[args.cmd](args)
+    secrets_file = getattr(args, "secrets_file", None)
+    if not secrets_file:
+        return execute(cmds, args.dry_run)
+    print(f"# {' '.join(f'{k}=***' for k, _ in args.secrets)}: to the workers in a file of mode 0600 "
+          f"({secrets_file}), read and deleted there before the job starts", flush=True)
+    if args.dry_run:
+        return execute(cmds, True)
+    try:
+        write_secrets(secrets_file, args.secrets)
+        return execute(cmds, False)
+    finally:
+        if os.path.exists(secrets_file):
+            os.remove(secrets_file)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ case "$step" in
       image=(--docker-image="$DOCKER_IMAGE"); cmd="$(q "${train[@]}")"
     else
       image=(--base-docker-image="${BASE_IMAGE:-python:3.11}" --script-dir=.)
-      cmd="pip install -q -r requirements.txt -e . \"jax[tpu]\" gcsfs && $(q "${train[@]}")"
+      cmd="pip install -q -r requirements.txt -e \".[tpu]\" gcsfs && $(q "${train[@]}")"
     fi
     # restarts after a preemption or host failure resume from the last checkpoint in WORKDIR
     run xpk workload create "${where[@]}" --workload="$workload" --tpu-type="$tpu_type" \

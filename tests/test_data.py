@@ -158,6 +158,28 @@ def test_rebuild_detection_and_overwrite(tmp_path):
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
+def test_a_killed_builds_scratch_folder_is_removed_by_the_next_build(tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", [rec(i) for i in range(4)])
+    for left in (".ds.tmp-k1l2", ".other.tmp-x"):  # a killed build of ds, and scratch of another folder
+        (tmp_path / left).mkdir()
+        (tmp_path / left / "partial.array_record").write_bytes(b"half written")
+    build_dataset([path], tmp_path / "ds")
+    assert sorted(os.listdir(tmp_path)) == [".other.tmp-x", "a.jsonl", "ds"]
+
+
+def test_a_runs_dataset_build_says_one_line_of_its_own(tmp_path, capfd):
+    """What is built, from which files, how many pairs; none of TFDS's narration (its builder config, a
+    "download" of local files, progress bars named after the scratch folder)."""
+    from bitembed_jax.config_loader import load_config_file
+    from bitembed_jax.train.data_setup import ensure_dataset
+
+    cfg = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "quickstart.py"))
+    lines = []
+    path = ensure_dataset(cfg, str(tmp_path), log=lines.append)
+    assert capfd.readouterr() == ("", "")
+    assert lines == [f"built dataset {path} from {os.path.abspath(SAMPLE)}: 240 pairs"]
+
+
 def test_validation_split_is_seeded(tmp_path):
     path = write_jsonl(tmp_path / "a.jsonl", [rec(i) for i in range(50)])
 

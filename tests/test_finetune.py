@@ -116,14 +116,15 @@ def test_finetune_config_errors(student, tiny_qwen3):
                                                       ("fp32", "int8", "int4", "int2", "binary")]), 8)
 
 
-def test_alignment_needs_equal_widths(student, tmp_path):
+def test_alignment_needs_equal_widths_checked_before_the_data(student, tmp_path):
     from tests import hf_fixtures
 
     wide = hf_fixtures.make_tiny_hf("qwen3", str(tmp_path / "wide"), hidden_size=96)
     with pytest.raises(ValueError, match="config.distill.embed_weight: the teacher's hidden size 96 != the "
                                          "student's 64"):
         train(ft_cfg(student, wide, *ALIGN), str(tmp_path / "w"))
-    assert not os.path.exists(os.path.join(tmp_path, "w", "metrics.jsonl"))
+    assert not os.path.exists(tmp_path / "w" / "dataset")  # refused from the configs, before the data
+    assert not os.path.exists(tmp_path / "w" / "metrics.jsonl")
 
 
 def test_teacher_with_another_tokenizer_of_the_same_size_is_refused_before_the_data(student, tmp_path):

@@ -9,6 +9,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -147,7 +148,7 @@ def test_install_copies_this_checkout_or_clones(cloud):
     assert ssh[3:6] == ["tpu-vm", "ssh", "emb"] and "--worker=all" in ssh
     remote = remote_of(ssh)
     assert 'tar -xzf "$HOME"/bitembed-jax-src.tar.gz' in remote
-    assert 'pip install --python "$HOME"/bitembed-venv/bin/python -r requirements.txt -e . "jax[tpu]"' in remote
+    assert 'pip install --python "$HOME"/bitembed-venv/bin/python -r requirements.txt -e ".[tpu]" gcsfs' in remote
 
     (ssh,) = commands(tpu(cloud, "install", *WHERE, "--slices=2", "--dry-run",
                           env=dict(GIT_URL="https://example.com/org/bitembed jax.git", GIT_REF="v0.1")).stdout)
@@ -158,13 +159,13 @@ def test_install_copies_this_checkout_or_clones(cloud):
 
 
 def test_run_command_line(cloud):
-    out = tpu(cloud, "run", *WHERE, "--env=HF_TOKEN=a b", "--dry-run", "--", *TRAIN).stdout
+    out = tpu(cloud, "run", *WHERE, "--env=GREETING=a b", "--dry-run", "--", *TRAIN).stdout
     (ssh,) = commands(out)
     assert ssh[3:6] == ["tpu-vm", "ssh", "emb"] and "--worker=all" in ssh and flag(ssh, "--zone") == "us-west4-a"
     remote = remote_of(ssh)
     assert shlex.join(TRAIN) in remote  # the override with spaces stays one argument
     assert "'--config.data.query_instruction=Given a web query, find the answer'" in remote
-    assert "export JAX_PLATFORMS=tpu HF_TOKEN='a b'" in remote
+    assert "export JAX_PLATFORMS=tpu GREETING='a b'" in remote
     assert "setsid nohup bitembed-jax train" in remote and '"$HOME"/bitembed-logs/train.log' in remote
 
     (ssh,) = commands(tpu(cloud, "run", *WHERE, "--slices=2", "--dry-run", "--", *TRAIN).stdout)
@@ -190,7 +191,8 @@ def stop(*_):
     sys.exit(0)
 signal.signal(signal.SIGTERM, stop)
 info = dict(argv=sys.argv[1:], cwd=os.getcwd(), pid=os.getpid(), jax=os.environ.get("JAX_PLATFORMS"),
-            token=os.environ.get("HF_TOKEN"))
+            greeting=os.environ.get("GREETING"), token=os.environ.get("HF_TOKEN"), key=os.environ.get("API_KEY"),
+            secrets_file_left=os.path.exists(os.path.join(home, ".bitembed-train.env")))
 open(os.path.join(home, "job.tmp"), "w").write(json.dumps(info))
 os.rename(os.path.join(home, "job.tmp"), os.path.join(home, "job.json"))
 print("fake job running", flush=True)
@@ -225,7 +227,7 @@ def _wait_for(path: Path, seconds=15.0):
 
 
 def test_run_remote_shell_background_job_and_stop(cloud, worker_home):
-    (ssh,) = commands(tpu(cloud, "run", *WHERE, "--env=HF_TOKEN=a b", "--dry-run", "--", *TRAIN).stdout)
+    (ssh,) = commands(tpu(cloud, "run", *WHERE, "--env=GREETING=a b", "--dry-run", "--", *TRAIN).stdout)
     r = _on_worker(remote_of(ssh), worker_home, FAKE_JOB_WAIT="1")
     assert r.returncode == 0 and "started train" in r.stdout, r.stderr
     _wait_for(worker_home / "job.json")
@@ -233,7 +235,7 @@ def test_run_remote_shell_background_job_and_stop(cloud, worker_home):
     try:
         assert info["argv"] == TRAIN[1:]  # exact argv on the worker: quoting survived both shells
         assert info["cwd"] == str(worker_home / "bitembed-jax")
-        assert info["jax"] == "tpu" and info["token"] == "a b"
+        assert info["jax"] == "tpu" and info["greeting"] == "a b"
         # the pid file names the job itself (not a wrapper shell), so SIGTERM reaches the train loop
         assert int((worker_home / "bitembed-logs" / "train.pid").read_text()) == info["pid"]
         _wait_for(worker_home / "bitembed-logs" / "train.log")
@@ -260,6 +262,52 @@ def test_run_foreground_remote_shell(cloud, worker_home):
     r = _on_worker(remote_of(ssh), worker_home)
     assert r.returncode == 0 and "fake job running" in r.stdout, r.stderr
     assert json.loads((worker_home / "job.json").read_text())["argv"] == TRAIN[1:]
+
+
+FAKE_GCLOUD = """#!{python}
+import os, shutil, stat, subprocess, sys
+args = sys.argv[1:]
+with open({calls!r}, "a") as f:
+    f.write(repr(args) + "\\n")
+home = os.environ["WORKER_HOME"]
+if "scp" in args:  # scp gives the copy the source's mode
+    src, dst = args[args.index("scp") + 1], args[args.index("scp") + 2].split(":", 1)[1]
+    with open({calls!r}, "a") as f:
+        f.write(f"mode {{stat.S_IMODE(os.stat(src).st_mode):o}}\\n")
+    shutil.copy(src, os.path.join(home, dst))
+else:  # ssh --command=...: the worker's shell runs it from $HOME
+    remote = [a.split("=", 1)[1] for a in args if a.startswith("--command=")][0]
+    sys.exit(subprocess.call(["bash", "-c", remote], cwd=home, env=dict(PATH="/usr/bin:/bin", HOME=home)))
+"""
+
+
+def test_secrets_are_masked_and_reach_the_job_only_through_a_private_file(tmp_path, worker_home):
+    """--env values of *TOKEN*/*KEY*/*SECRET*/*PASSWORD* variables: never printed (dry run or not), never on
+    gcloud's or the remote shell's command line (the process lists); the job gets them from a 0600 file that
+    is deleted before it starts, here and on the worker."""
+    bin_dir, calls = tmp_path / "gcloud_bin", tmp_path / "gcloud_calls"
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").write_text(FAKE_GCLOUD.format(python=sys.executable, calls=str(calls)))
+    (bin_dir / "gcloud").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
+    env.update(PATH=f"{bin_dir}:{os.environ['PATH']}", WORKER_HOME=str(worker_home), HF_TOKEN="hf_s3cr3t v")
+    argv = [sys.executable, str(TPU), "run", *WHERE, "--env=HF_TOKEN", "--env=API_KEY=k3y", "--env=GREETING=hi"]
+    dry = subprocess.run(argv + ["--dry-run", "--", *TRAIN], capture_output=True, text=True, cwd=ROOT, env=env,
+                         timeout=30)
+    assert dry.returncode == 0, dry.stderr
+    assert "HF_TOKEN=*** API_KEY=***" in dry.stdout and "--env API_KEY instead" in dry.stderr
+    assert not calls.exists()
+    r = subprocess.run(argv + ["--", *TRAIN], capture_output=True, text=True, cwd=ROOT, env=env, timeout=30)
+    assert r.returncode == 0 and "started train" in r.stdout, r.stderr
+    _wait_for(worker_home / "job.json")
+    info = json.loads((worker_home / "job.json").read_text())  # the fake job exits at once (no FAKE_JOB_WAIT)
+    assert (info["token"], info["key"], info["greeting"]) == ("hf_s3cr3t v", "k3y", "hi")
+    assert not info["secrets_file_left"] and not (worker_home / ".bitembed-train.env").exists()
+    recorded = calls.read_text()
+    assert "mode 600" in recorded and "GREETING=hi" in recorded
+    for text in (dry.stdout, dry.stderr, r.stdout, r.stderr, recorded):
+        assert "s3cr3t" not in text and "k3y" not in text
+    assert not list(Path(tempfile.gettempdir()).glob("bitembed-*-train.env"))
 
 
 # ---------------------------------------------------------------- bash wrappers

@@ -188,3 +188,11 @@ def test_replace_dir_keeps_the_old_folder_when_the_new_one_cannot_move(tmp_path,
     monkeypatch.setattr(os, "replace", real)
     paths.replace_dir(str(tmp), str(out))
     assert (out / "a").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_dir_removes_the_scratch_of_a_killed_write_to_the_same_folder(tmp_path):
+    for left in (".tmp-model-k1l2", ".tmp-modelx-k3"):  # a killed write of model, and one of another folder
+        (tmp_path / left).mkdir()
+    with paths.atomic_dir(str(tmp_path / "model")) as tmp:
+        open(os.path.join(tmp, "f"), "w").close()
+    assert sorted(os.listdir(tmp_path)) == [".tmp-modelx-k3", "model"]

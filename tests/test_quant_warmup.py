@@ -89,13 +89,18 @@ def rows(workdir):
         return [json.loads(line) for line in f]
 
 
-def test_warmup_run_starts_at_the_fp_loss_and_ends_quantized(tiny_qwen3, tmp_path):
+def test_warmup_run_starts_at_the_fp_loss_and_ends_quantized(tiny_qwen3, tmp_path, capsys):
     """A bitnet student from an fp folder: step 1 (mix 0) has the fp run's loss, the mix rises 0, 1/2, then
-    the plain BitNet step runs; remat on, since the mix must pass through nnx.remat."""
+    the plain BitNet step runs; remat on, since the mix must pass through nnx.remat. The log says when each
+    of the two programs compiles (the progress bar waits for it)."""
     fp = convert(tiny_qwen3, str(tmp_path / "fp"), mode="fp")
     train(quick_cfg(fp, "--config.init.mode=fp", "--config.train.num_steps=1"), str(tmp_path / "fp_run"))
+    capsys.readouterr()
     out = train(quick_cfg(fp, "--config.train.quant_warmup_steps=2", "--config.train.remat=True"),
                 str(tmp_path / "warm"))
+    said = [line for line in capsys.readouterr().out.splitlines() if "compiling" in line]
+    assert said == ["step 1: compiling the train step (gradual quantization: its warmup program)",
+                    "step 3: compiling the train step"]
     warm, ref = rows(str(tmp_path / "warm")), rows(str(tmp_path / "fp_run"))
     np.testing.assert_allclose(warm[0]["loss"], ref[0]["loss"], rtol=1e-5)
     assert [r.get("quant_mix") for r in warm] == [0.0, 0.5, None, None]

@@ -34,7 +34,7 @@ def losses(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         for line in f:
             r = json.loads(line)
-            rows[r["step"]] = r["loss"]  # a resumed run re-logs steps after its checkpoint: keep the last
+            rows[r["step"]] = r["loss"]
     return [rows[k] for k in sorted(rows)]
 
 

@@ -4,6 +4,7 @@ The built folder holds the tfds files directly (``tfds.builder_from_directory(ou
 ``metadata.json``: the source files' fingerprints, the build options and per-split counts, so a stale
 build can be detected and the pipeline can check negatives before training starts.
 """
+import contextlib
 import dataclasses
 import json
 import logging
@@ -14,11 +15,15 @@ from typing import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.utils import tqdm_utils
+from tqdm import tqdm
 
 from bitembed_jax.data import records
+from bitembed_jax.io.paths import remove_leftovers
 
 FORMAT = "bitembed-pairs-v1"  # marks folders this module built (and may therefore replace)
 METADATA_FILE = "metadata.json"  # where tfds writes ``info.metadata``
+PROGRESS_DELAY_S = 2.0  # a build that takes longer shows a progress bar of the pairs written
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +77,41 @@ class TextPairs(tfds.core.GeneratorBasedBuilder):
             "skip_reasons": report.reasons,
             "splits": {name: _negatives_stats(counts[mask]) for name, mask in wanted.items()},
         })
-        return {name: self._generate_examples(mask) for name, mask in wanted.items()}
+        return {name: self._generate_examples(mask, name) for name, mask in wanted.items()}
 
-    def _generate_examples(self, mask: np.ndarray):
+    def _log_download_bytes(self):
+        """TFDS's "Downloading and preparing dataset Unknown size ..." is about downloads; the files are local."""
+
+    def _log_download_done(self):
+        """TFDS's "Dataset ... downloaded and prepared to" names the scratch folder, renamed right after."""
+
+    def _generate_examples(self, mask: np.ndarray, split: str):
         cfg = self.builder_config
         n = 0
-        for i, pair in enumerate(records.iter_pairs(cfg.files, skip_bad=True)):
+        pairs = tqdm(records.iter_pairs(cfg.files, skip_bad=True), total=len(mask), delay=PROGRESS_DELAY_S,
+                     desc=f"building dataset ({split})", unit=" pairs", leave=False)
+        for i, pair in enumerate(pairs):
             n = i + 1
             if i < len(mask) and mask[i]:
                 negatives = pair.negatives if cfg.max_negatives is None else pair.negatives[:cfg.max_negatives]
                 yield i, {"query": pair.query, "positive": pair.positive, "negatives": list(negatives)}
         if n != len(mask):  # the two passes must agree, or the split assignment is meaningless
             raise RuntimeError(f"input files changed during the build ({len(mask)} valid records, now {n})")
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+    """Without TFDS's narration of its internals: the builder config as an absl warning, and progress bars per
+    split and per shuffle pass named after the scratch folder (``_generate_examples`` has one of its own)."""
+    absl_log, bars = logging.getLogger("absl"), getattr(tqdm_utils, "_active", True)
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR)
+    tfds.display_progress_bar(False)
+    try:
+        yield
+    finally:
+        absl_log.setLevel(level)
+        tfds.display_progress_bar(bars)
 
 
 def _validation_mask(n: int, fraction: float, seed: int) -> np.ndarray:
@@ -159,9 +187,9 @@ def build_dataset(files: Sequence[str], out_dir: str, *, skip_bad: bool = False,
                   validation_fraction: float = 0.0, seed: int = 0, overwrite: bool = False) -> BuildSummary:
     """Validate ``files`` and write them as an ArrayRecord dataset into ``out_dir``.
 
-    The build happens in a temporary sibling folder that is renamed into place at the end, so
-    ``out_dir`` never holds a half-written dataset. An existing build is replaced only with
-    ``overwrite=True``; a folder this function did not build is never replaced.
+    The build happens in a temporary sibling folder that is renamed into place at the end, so ``out_dir``
+    never holds a half-written dataset (the scratch folder of a killed build is removed first). An existing
+    build is replaced only with ``overwrite=True``; a folder this function did not build is never replaced.
     """
     paths = records.check_files(files)
     if max_negatives is not None and max_negatives < 0:
@@ -180,12 +208,17 @@ def build_dataset(files: Sequence[str], out_dir: str, *, skip_bad: bool = False,
             raise FileExistsError(f"{out_dir} already holds a built dataset ({state}); pass overwrite=True to rebuild")
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    prefix = f".{os.path.basename(out_dir)}.tmp-"
+    left = remove_leftovers(parent, prefix)
+    if left:
+        log.info("removed %s left in %s by an interrupted build", ", ".join(left), parent)
+    scratch = tempfile.mkdtemp(prefix=prefix, dir=parent)
     try:
         config = PairsConfig(name="pairs", files=tuple(paths), skip_bad=skip_bad, max_negatives=max_negatives,
                              validation_fraction=validation_fraction, seed=seed)
-        builder = TextPairs(data_dir=scratch, config=config, file_format="array_record")
-        builder.download_and_prepare()
+        with _quiet_tfds():
+            builder = TextPairs(data_dir=scratch, config=config, file_format="array_record")
+            builder.download_and_prepare()
         if os.path.exists(out_dir):  # parked inside scratch, deleted with it once the new build is in place
             os.replace(out_dir, os.path.join(scratch, "previous"))
         os.replace(os.fspath(builder.data_dir), out_dir)

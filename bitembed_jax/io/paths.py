@@ -88,6 +88,15 @@ def replace_dir(tmp: str, out_dir: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def remove_leftovers(parent: str, prefix: str) -> list[str]:
+    """Remove the folders ``parent/prefix*``: scratch space of an earlier write to the same place that was
+    killed before it could clean up (writes of one place do not run concurrently). Returns their names."""
+    names = [n for n in os.listdir(parent) if n.startswith(prefix)] if os.path.isdir(parent) else []
+    for name in names:
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    return names
+
+
 @contextlib.contextmanager
 def atomic_dir(out_dir: str):
     """Yield a temporary sibling of the local folder ``out_dir`` to fill; when the block ends without an
@@ -96,7 +105,9 @@ def atomic_dir(out_dir: str):
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
+    prefix = ".tmp-" + os.path.basename(out_dir) + "-"
+    remove_leftovers(parent, prefix)
+    tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
     try:
         yield tmp
         follow_umask(tmp)

@@ -4,6 +4,8 @@ No parameter is allocated: the model, optimizer state and batch are abstract
 shapes with the real shardings; ``jax.experimental.topologies`` describes the
 pod and XLA's TPU compiler (libtpu) reports per-chip memory and FLOPs.
 """
+import importlib.util
+
 import jax
 from flax import nnx
 
@@ -124,16 +126,26 @@ def report(compiled, topology: str, num_chips: int, step_time_s: float | None = 
 MEGACORE = ("v4", "v5p")
 
 
+LIBTPU_HINT = ('AOT compilation for TPUs needs libtpu, which this install lacks: pip install -e ".[tpu]" in the '
+               'checkout (or pip install "jax[tpu]")')
+
+
+class LibtpuMissing(RuntimeError):
+    """The CPU install has no libtpu (the ``tpu`` extra); the message says how to install it."""
+
+
 def topology_devices(topology: str):
     from jax.experimental import topologies
 
     kw = {"chip_config_name": "megacore"} if chip_of(topology) in MEGACORE else {}
+    if importlib.util.find_spec("libtpu") is None:
+        raise LibtpuMissing(f"--topology {topology}: {LIBTPU_HINT}")
     try:
         return topologies.get_topology_desc(topology_name=topology, platform="tpu", **kw).devices
     except jax.errors.JaxRuntimeError as e:  # libtpu answered: it refuses this topology, and says why
         raise ValueError(f"--topology {topology}: {str(e).splitlines()[0]}") from None
-    except RuntimeError as e:  # jax found no libtpu to ask
-        raise RuntimeError(f"--topology {topology}: {e}; AOT compilation needs libtpu: pip install \"jax[tpu]\"") from e
+    except RuntimeError as e:  # libtpu is there, but jax could not load it
+        raise LibtpuMissing(f"--topology {topology}: {str(e).splitlines()[0]}; {LIBTPU_HINT}") from None
 
 
 def format_report(r: dict) -> str:

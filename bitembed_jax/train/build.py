@@ -10,10 +10,11 @@ from bitembed_jax.convert.hf_import import import_hf
 from bitembed_jax.io.load import load_model_dir
 from bitembed_jax.io.model_dir import CONFIG_NAME, read_config
 from bitembed_jax.models.presets import PRESETS
-from bitembed_jax.train.config_checks import check_init_model, uses_teacher
+from bitembed_jax.train.config_checks import check_init_model, check_teacher_fits, uses_teacher
 from bitembed_jax.train.finetune import finetune_loss_and_grads
 from bitembed_jax.train.optimizer import make_optimizer
 from bitembed_jax.train.step import make_train_step
+from bitembed_jax.train.tiny_backbone import tiny_arch, tiny_hf_config
 
 
 def _encoder_opts(cfg) -> dict:
@@ -23,8 +24,8 @@ def _encoder_opts(cfg) -> dict:
 
 
 def student_config(cfg):
-    """The student's ModelConfig from config.init.model (one of our folders, a local HF folder, or a preset
-    name when it is a known HF id), without reading a weight."""
+    """The student's ModelConfig from config.init.model (one of our folders, a local HF folder, a preset
+    name when it is a known HF id, or a tiny backbone), without reading a weight."""
     path, init = cfg.init.model, cfg.init
     if os.path.exists(os.path.join(path, CONFIG_NAME)):
         mcfg, _ = read_config(path)
@@ -37,6 +38,8 @@ def student_config(cfg):
             return from_hf_config(json.load(f), os.path.join(path, "config.json"), **_encoder_opts(cfg))
     if path in PRESETS:
         return from_hf_config(dict(PRESETS[path]), f"preset {path}", **_encoder_opts(cfg))
+    if tiny_arch(path):
+        return from_hf_config(tiny_hf_config(tiny_arch(path)), f"tiny backbone {path}", **_encoder_opts(cfg))
     raise ValueError(f"config.init.model={path!r}: not a local folder and not one of the presets {sorted(PRESETS)}")
 
 
@@ -57,6 +60,20 @@ def teacher_config(student_cfg):
     return student_cfg.replace(mode="fp")
 
 
+def read_teacher_config(cfg):
+    """The teacher's ModelConfig from config.teacher.model (one of our folders or an HF folder, imported in fp),
+    without reading a weight."""
+    path = cfg.teacher.model
+    if os.path.exists(os.path.join(path, CONFIG_NAME)):
+        return read_config(path)[0]
+    from bitembed_jax.convert.hf_config import from_hf_config
+    from bitembed_jax.convert.hf_import import read_hf_config
+
+    hf, cfg_path = read_hf_config(path)
+    return from_hf_config(hf, cfg_path, mode="fp", attention=cfg.init.attention, pooling=cfg.init.pooling,
+                          dtype=cfg.train.dtype)
+
+
 def load_teacher(cfg, student_cfg):
     """The frozen full-precision teacher (HF folder imported in fp mode, or one of our fp model folders)."""
     path = cfg.teacher.model
@@ -65,15 +82,7 @@ def load_teacher(cfg, student_cfg):
     else:
         model, tcfg = import_hf(path, mode="fp", attention=cfg.init.attention, pooling=cfg.init.pooling,
                                 dtype=cfg.train.dtype)
-    if tcfg.mode != "fp":
-        raise ValueError(f"config.teacher.model={path!r} holds a {tcfg.mode!r} model; the teacher must be fp")
-    if tcfg.vocab_size != student_cfg.vocab_size:
-        raise ValueError(f"config.teacher.model: vocabulary {tcfg.vocab_size} != the student's "
-                         f"{student_cfg.vocab_size}; teacher and student must share the tokenizer")
-    aligned = [k for k in ("embed_weight", "hidden_weight") if cfg.distill[k] > 0]
-    if aligned and tcfg.hidden_size != student_cfg.hidden_size:
-        raise ValueError(f"config.distill.{aligned[0]}: the teacher's hidden size {tcfg.hidden_size} != the "
-                         f"student's {student_cfg.hidden_size}; vector alignment needs equal widths")
+    check_teacher_fits(cfg, student_cfg, tcfg)
     return model
 
 

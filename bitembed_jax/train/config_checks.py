@@ -7,6 +7,7 @@ from bitembed_jax.choices import INIT_CHOICES, PRECISIONS, TRAINING_STAGES
 from bitembed_jax.convert.fp_to_bitnet import converts
 from bitembed_jax.io import paths
 from bitembed_jax.parallel.mesh import mesh_shape
+from bitembed_jax.train.tiny_backbone import tiny_arch
 
 
 def check_folder(key: str, path: str):
@@ -24,8 +25,10 @@ def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: 
             raise ValueError(f"config.init.{key}={cfg.init[key]!r} is not one of {', '.join(map(str, choices))}")
     if check_paths:
         if not cfg.init.model:
-            raise ValueError("config.init.model is empty: give a local HF folder or a bitembed-jax model folder")
-        check_folder("init.model", cfg.init.model)
+            raise ValueError("config.init.model is empty: give a local HF folder or a bitembed-jax model folder "
+                             "(or tiny:qwen3 for the quickstart's tiny random backbone)")
+        if tiny_arch(cfg.init.model) is None:
+            check_folder("init.model", cfg.init.model)
         if not cfg.data.train_files:
             raise ValueError("config.data.train_files is empty")
         for f in cfg.data.train_files:
@@ -119,6 +122,21 @@ def check_teacher_tokenizer(teacher_dir: str, student_tokenizer):
         raise ValueError(f"config.teacher.model={teacher_dir!r}: its tokenizer differs from the student's "
                          f"({len(theirs)} vs {len(ours)} tokens; e.g. {differ}); teacher and student must share "
                          "the tokenizer")
+
+
+def check_teacher_fits(cfg, student_cfg, teacher_cfg):
+    """The teacher is fp, has the student's vocabulary and, for vector alignment, its width: checked on the two
+    configs before any weight is read or the dataset is built (``build.read_teacher_config``)."""
+    path = cfg.teacher.model
+    if teacher_cfg.mode != "fp":
+        raise ValueError(f"config.teacher.model={path!r} holds a {teacher_cfg.mode!r} model; the teacher must be fp")
+    if teacher_cfg.vocab_size != student_cfg.vocab_size:
+        raise ValueError(f"config.teacher.model: vocabulary {teacher_cfg.vocab_size} != the student's "
+                         f"{student_cfg.vocab_size}; teacher and student must share the tokenizer")
+    aligned = [k for k in ("embed_weight", "hidden_weight") if cfg.distill[k] > 0]
+    if aligned and teacher_cfg.hidden_size != student_cfg.hidden_size:
+        raise ValueError(f"config.distill.{aligned[0]}: the teacher's hidden size {teacher_cfg.hidden_size} != the "
+                         f"student's {student_cfg.hidden_size}; vector alignment needs equal widths")
 
 
 def check_init_model(init, mcfg, path: str):

@@ -66,9 +66,12 @@ def _build_or_check(cfg, path: str, log):
             raise ValueError(f"config.data.dataset_dir: {path} does not match config.data.train_files "
                              f"({reason}); remove it or point config.data.dataset_dir elsewhere")
         return
-    summary = build_dataset(list(cfg.data.train_files), path, **build_options(cfg))
+    files = list(cfg.data.train_files)
+    summary = build_dataset(files, path, **build_options(cfg))
+    named = ", ".join(files) if len(files) <= 3 else f"{files[0]} and {len(files) - 1} more files"
     held = summary.splits.get("validation", 0)
-    log(f"built dataset {path}: {summary.count} pairs" + (f" ({held} held out for validation)" if held else "")
+    log(f"built dataset {path} from {named}: {summary.count} pairs"
+        + (f" ({held} held out for validation)" if held else "")
         + (f", skipped {summary.skipped} bad records: {list(summary.skip_reasons)}" if summary.skipped else ""))
 
 

@@ -17,13 +17,15 @@ from bitembed_jax.io import paths
 from bitembed_jax.io.model_dir import resolve_model_dir, save_model_dir
 from bitembed_jax.parallel.distributed import Watchdog, agree, any_process, heartbeat_timeout, join
 from bitembed_jax.parallel.mesh import make_mesh
-from bitembed_jax.train.build import build_step, load_student, load_teacher
+from bitembed_jax.train.build import build_step, load_student, load_teacher, read_teacher_config, student_config
 from bitembed_jax.train.checkpoint import Checkpointer, check_disk_room, check_or_write_config
-from bitembed_jax.train.config_checks import check_teacher_tokenizer, uses_teacher, validate_config
+from bitembed_jax.train.config_checks import (check_teacher_fits, check_teacher_tokenizer, uses_teacher,
+                                              validate_config)
 from bitembed_jax.train.data_setup import drop_stale_dataset, pipeline_from_config, query_prefix
 from bitembed_jax.train.metrics import MetricsWriter
 from bitembed_jax.train.resume import check_finite_state, resume_hint, set_aside_later_checkpoints
 from bitembed_jax.train.step import with_shardings
+from bitembed_jax.train.tiny_backbone import make_tiny_backbone, tiny_arch
 
 
 class NonFiniteLoss(ValueError):
@@ -122,11 +124,15 @@ def setup(cfg, workdir, devices, make_pipeline, loss_and_grads, resume_from, all
         error = e
     agree(error, "checking the work dir")
     cfg = localize_inputs(cfg)
+    if tiny_arch(cfg.init.model):  # the quickstart's: the work dir's config.json keeps "tiny:ARCH"
+        cfg.init.model = make_tiny_backbone(cfg.init.model, workdir)
     if restarted:
         print(f"{workdir}: its earlier run stopped before its first checkpoint; starting over with this config")
         if is_main:
             drop_stale_dataset(cfg, workdir)
     mesh = make_mesh(cfg.mesh, devices)
+    if uses_teacher(cfg):  # from the two configs, before a weight is read or the dataset built
+        check_teacher_fits(cfg, student_config(cfg), read_teacher_config(cfg))
 
     model, mcfg = load_student(cfg)
     too_wide = [int(d) for d in cfg.loss.matryoshka_dims if int(d) > mcfg.hidden_size]
@@ -191,14 +197,19 @@ def run_steps(run: Run) -> bool:
     writer = MetricsWriter(run.workdir, num_steps, run.start)
     if run.start:
         writer.message(f"resumed from step {run.start} in {ckpt.directory}")
-    writer.message("compiling the train step (the first step waits for it)")
     interrupts = Interrupts()
     tokens_per_pair = cfg.data.query_max_len + cfg.data.passage_max_len * (1 + cfg.data.num_negatives)
     t0, real_tokens = time.perf_counter(), 0
+    compiled = set()
     try:
         for step in range(run.start + 1, num_steps + 1):
             batch = global_batch(next(run.data_iter), fns.batch_shardings)
-            run.state, metrics = fns.step_for(step - 1)(run.state, batch, *run.teacher_args)
+            program = fns.step_for(step - 1)
+            if program not in compiled:  # seconds on the quickstart, minutes on a real model: say why we wait
+                writer.message(f"step {step}: compiling the train step"
+                               + (" (gradual quantization: its warmup program)" if program is fns.warmup_step else ""))
+                compiled.add(program)
+            run.state, metrics = program(run.state, batch, *run.teacher_args)
             metrics = jax.device_get(metrics)
             real_tokens += int(metrics.pop("tokens"))
             _check_finite(metrics, step, ckpt)

@@ -1,6 +1,9 @@
 """Metrics sinks: metrics.jsonl and TensorBoard event files in the work dir, a console progress bar.
 
-Only process 0 writes; other hosts get a writer that does nothing.
+Only process 0 writes; other hosts get a writer that does nothing. A run resumed from the checkpoint of step S
+runs the steps after S again: their rows from the interrupted run are dropped from metrics.jsonl, and the new
+TensorBoard event file starts with a purge at step S + 1, which TensorBoard applies to the older files, so both
+show each step once.
 """
 import json
 import os
@@ -13,6 +16,24 @@ from bitembed_jax.io import paths
 
 
 UPLOAD_EVERY_S = 60.0
+
+
+def drop_rows_after(jsonl: str, step: int):
+    """Keep the rows of ``jsonl`` up to ``step`` (and none torn by a kill mid-line); rewritten atomically."""
+    if not os.path.exists(jsonl):
+        return
+    kept, dropped = [], False
+    with open(jsonl, encoding="utf-8") as f:
+        for line in f:
+            try:
+                keep = json.loads(line)["step"] <= step
+            except (ValueError, KeyError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            dropped = dropped or not keep
+    if dropped:
+        paths.write_text_atomic(jsonl, "".join(kept))
 
 
 class MetricsWriter:
@@ -37,8 +58,12 @@ class MetricsWriter:
             elif os.path.exists(jsonl):
                 os.remove(jsonl)  # left by an earlier run of the same path whose upload never happened
         self._local = jsonl
+        drop_rows_after(jsonl, start_step)
         self._jsonl = open(jsonl, "a", buffering=1)
-        self._tb = SummaryWriter(paths.join(workdir, "tensorboard"))
+        tb_dir = paths.join(workdir, "tensorboard")
+        # a fresh work dir has nothing to purge; any earlier event file may hold steps this run writes again
+        purge = start_step + 1 if paths.exists(tb_dir) else None
+        self._tb = SummaryWriter(tb_dir, purge_step=purge)
         self._bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
 
     def write(self, step: int, metrics: dict):
