@@ -10,6 +10,10 @@ POOLING = ("last", "mean")
 ACT_BITS = (8, 4)
 ROPE_TYPES = ("default", "linear")
 DTYPES = ("float32", "bfloat16")
+# the operand type of the forward integer-code matmul (quant/bitmatmul.py); both are exact
+CODE_MATMULS = ("bfloat16", "int8")
+# platforms whose matrix units multiply int8 faster than bfloat16 (TPU v5e/v6e MXU, GPU tensor cores)
+INT8_PLATFORMS = ("tpu", "gpu", "cuda", "rocm")
 # what config.init may ask of an encoder (validated before a model exists)
 INIT_CHOICES = {"mode": MODES, "norm": NORMS, "act_bits": ACT_BITS, "attention": ATTENTION, "pooling": POOLING}
 

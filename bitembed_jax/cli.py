@@ -86,7 +86,8 @@ def _aot(args, overrides):
         print(f"topology {args.topology}: DOES NOT FIT\n  {str(e).splitlines()[0]}")
         raise SystemExit(f"the step does not fit in the HBM of {args.topology}: raise config.loss.num_chunks, "
                          f"turn on config.train.remat, use more fsdp, or a smaller batch") from None
-    r = report(compiled, args.topology, len(devices), args.step_time, model_flops_per_step(mcfg, cfg))
+    r = report(compiled, args.topology, len(devices), args.step_time, model_flops_per_step(mcfg, cfg),
+               code_matmul=mcfg.code_matmul)
     print(format_report(r))
     if args.json:
         with open(args.json, "w") as f:

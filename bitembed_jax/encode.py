@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bitembed_jax.choices import DEFAULT_MAX_LENGTH
+from bitembed_jax.choices import DEFAULT_MAX_LENGTH, INT8_PLATFORMS
 from bitembed_jax.data.tokenize import Tokenize
 from bitembed_jax.io.load import load_model_dir
 from bitembed_jax.io.model_dir import read_config
@@ -49,6 +49,7 @@ class Encoder:
 
         _, meta = read_config(path)
         max_length = int(max_length or meta.get("max_length") or DEFAULT_MAX_LENGTH)
+        overrides.setdefault("code_matmul", "int8" if jax.default_backend() in INT8_PLATFORMS else "bfloat16")
         model, _ = load_model_dir(path, **overrides)
         if not os.path.exists(os.path.join(path, "tokenizer_config.json")):
             raise FileNotFoundError(f"{path}: no tokenizer files (tokenizer_config.json) in the model folder")

@@ -97,3 +97,21 @@ def test_sharded_equals_single_device():
 def test_too_many_features_for_exact_sums():
     with pytest.raises(ValueError, match="exact up to"):
         bit_matmul(jnp.ones((1, 2 ** 17 + 1)), jnp.ones((2 ** 17 + 1, 1)))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_int8_operands_give_the_bf16_results_exactly(bits):
+    """code_matmul="int8" (TPU/GPU) multiplies the same codes as int8 x int8 -> int32: the same numbers."""
+    x = jax.random.normal(jax.random.key(3), (4, 16, 96), jnp.float32) * 3
+    w = jax.random.normal(jax.random.key(4), (96, 40), jnp.float32) * 0.05
+
+    def f(operands):
+        return lambda x, w: bit_matmul(x, w, bits=bits, code_matmul=operands)
+
+    np.testing.assert_array_equal(f("int8")(x, w), f("bfloat16")(x, w))
+    g8 = jax.grad(lambda x, w: f("int8")(x, w).sum(), argnums=(0, 1))(x, w)
+    g16 = jax.grad(lambda x, w: f("bfloat16")(x, w).sum(), argnums=(0, 1))(x, w)
+    for a, b in zip(g8, g16):
+        np.testing.assert_array_equal(a, b)
+    hlo = jax.jit(f("int8")).lower(x, w).as_text()
+    assert "xi8>" in hlo and "-> tensor<4x16x40xi32>" in hlo  # the dot itself takes int8 and accumulates int32

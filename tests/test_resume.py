@@ -68,17 +68,41 @@ def test_sigkill_and_resume_same_losses(bitnet_dir, tmp_path):
     assert os.path.exists(os.path.join(wd, "model", "bitembed_config.json"))
 
 
-def test_sigterm_saves_and_stops(bitnet_dir, tmp_path):
-    wd = str(tmp_path / "term")
+def _stop_with(bitnet_dir, wd, signals):
+    """Start a long run, send ``signals`` once its first metrics row exists, each after the run acknowledged the
+    one before on stderr; (returncode, stdout, stderr)."""
     cmd = command(bitnet_dir, wd) + ["--config.train.num_steps=400", "--config.checkpoint.every_steps=1000"]
     proc = subprocess.Popen(cmd, env=env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = os.path.join(wd, "metrics.jsonl")
     deadline = time.time() + 300
     while (not os.path.exists(metrics) or os.path.getsize(metrics) == 0) and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    seen = []
+    for i, sig in enumerate(signals):
+        proc.send_signal(sig)
+        if i + 1 < len(signals):
+            for line in proc.stderr:
+                seen.append(line)
+                if "stopping after the current step" in line:
+                    break
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
+    return proc.returncode, out, "".join(seen) + err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_a_first_ctrl_c_saves_and_stops_resumably(bitnet_dir, tmp_path, sig):
+    """Stopped before the end is not finished: exit 75 (documented), so `&&` chains and schedulers see it."""
+    wd = str(tmp_path / "stopped")
+    rc, out, err = _stop_with(bitnet_dir, wd, [sig])
+    assert rc == 75, err[-2000:]
+    name = signal.Signals(sig).name
     saved = finished_steps(wd)
-    assert saved and saved[-1] < 400 and f"SIGTERM: saved step {saved[-1]}" in out
-    assert err.count("SIGTERM: stopping after the current step and its checkpoint") == 1
+    assert saved and saved[-1] < 400 and f"{name}: saved step {saved[-1]}, stopping" in out
+    assert err.count(f"{name}: stopping after the current step and its checkpoint") == 1
+    assert "Traceback" not in err
+
+
+def test_a_second_ctrl_c_aborts_at_once_without_a_traceback(bitnet_dir, tmp_path):
+    rc, out, err = _stop_with(bitnet_dir, str(tmp_path / "aborted"), [signal.SIGINT, signal.SIGINT])
+    assert rc == 130, err[-2000:]
+    assert "aborted (second Ctrl-C)" in err and "Traceback" not in err

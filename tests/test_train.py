@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 
 import jax
 import numpy as np
@@ -122,10 +123,70 @@ def test_config_saved_before_an_added_key_resumes_at_its_old_behaviour(bitnet_di
 def test_nonfinite_loss_stops_and_keeps_checkpoint(bitnet_dir, tmp_path):
     cfg = quick_cfg(bitnet_dir, "--config.train.learning_rate=1e30", "--config.checkpoint.every_steps=1",
                     "--config.train.grad_clip=0.0")
-    with pytest.raises(NonFiniteLoss, match=r"at step (\d+).*last good checkpoint \(step (\d+)\)"):
+    named = r"diverged at step (\d+).*was not saved. The last checkpoint, step (\d+)"
+    with pytest.raises(NonFiniteLoss, match=named):
         train(cfg, str(tmp_path))
     steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
     assert steps, "the good checkpoints before the bad step must survive"
+
+
+def _saved_params_finite(workdir, step):
+    import orbax.checkpoint as ocp
+
+    tree = ocp.PyTreeCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+    return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree["params"]))
+
+
+def test_a_diverged_step_is_never_checkpointed_and_the_operator_resumes_with_a_lower_rate(bitnet_dir, tmp_path,
+                                                                                          capsys):
+    """The issue's run: at lr 1e6 the gradients are NaN while the loss (computed before the update) is still
+    finite; no saved checkpoint may hold NaN, and the named one is a real starting point."""
+    from bitembed_jax.cli import main
+
+    wd = str(tmp_path / "run")
+    base = ["train", "--config", os.path.join(ROOT, "configs", "quickstart.py"), "--workdir", wd,
+            "--init-from", bitnet_dir, "--config.train.batch_size=16", "--config.train.num_steps=8",
+            "--config.train.log_every=1", "--config.mesh.data=8", "--config.checkpoint.async_save=False",
+            "--config.checkpoint.every_steps=1", "--config.train.warmup_steps=1"]
+    assert main(base + ["--config.train.learning_rate=1e6"]) == 2
+    stderr = capsys.readouterr().err
+    err = stderr.strip().splitlines()[-1]  # after the progress bar: one line
+    assert err.startswith("error: training diverged at step") and "Traceback" not in stderr
+    nan_step = int(re.search(r"diverged at step (\d+)", err).group(1))
+    steps = sorted(int(d) for d in os.listdir(os.path.join(wd, "checkpoints")) if d.isdigit())
+    assert steps and steps[-1] < nan_step and f"The last checkpoint, step {steps[-1]}" in err
+    assert all(_saved_params_finite(wd, s) for s in steps)
+    # a silent change of the learning rate stays refused; the explicit choice is honoured and recorded
+    assert main(base + ["--config.train.learning_rate=1e-3"]) == 2
+    assert "train.learning_rate: saved 1000000.0 != now 0.001" in capsys.readouterr().err
+    first = steps[0]
+    assert main(base + ["--config.train.learning_rate=1e-3", "--resume-from", str(first),
+                        "--allow-change", "train.learning_rate"]) == 0
+    history = [json.loads(line) for line in open(os.path.join(wd, "history.jsonl"))]
+    assert [h["event"] for h in history] == ["config_change", "resume_from"]
+    assert history[0]["changes"] == {"train.learning_rate": [1e6, 1e-3]}
+    assert history[1]["step"] == first and history[1]["set_aside"] == steps[1:]
+    assert sorted(int(d) for d in os.listdir(history[1]["to"])) == steps[1:]  # set aside, not deleted
+    rows = [json.loads(line)["step"] for line in open(os.path.join(wd, "metrics.jsonl"))]
+    assert rows == list(range(1, 9))  # each step once: the diverged trajectory's rows past the resume are gone
+    assert os.path.exists(os.path.join(wd, "model", "bitembed_config.json"))
+
+
+def test_a_checkpoint_holding_nan_is_refused_when_restored(bitnet_dir, tmp_path):
+    """Checkpoints written before the loop refused non-finite states may hold NaN: resuming names them."""
+    import orbax.checkpoint as ocp
+
+    wd = str(tmp_path)
+    train(quick_cfg(bitnet_dir, "--config.train.num_steps=3", "--config.checkpoint.every_steps=1"), wd)
+    state_dir = os.path.join(wd, "checkpoints", "3", "state")
+    tree = ocp.PyTreeCheckpointer().restore(state_dir)
+    tree["params"] = jax.tree.map(lambda x: np.full_like(np.asarray(x), np.nan), tree["params"])
+    shutil.rmtree(state_dir)
+    ocp.PyTreeCheckpointer().save(state_dir, tree)
+    named = (r"checkpoint step 3 in .* holds non-finite parameters \(saved by a diverged run\); resume from an "
+             r"earlier one with --resume-from STEP \(saved: \[1, 2\]\)")
+    with pytest.raises(ValueError, match=named):
+        train(quick_cfg(bitnet_dir, "--config.train.num_steps=5", "--config.checkpoint.every_steps=1"), wd)
 
 
 @pytest.mark.parametrize("override,match", [

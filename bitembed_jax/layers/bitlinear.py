@@ -36,6 +36,7 @@ class BitLinear(nnx.Module):
         norm_eps: float = 1e-6,
         use_bias: bool = False,
         dtype=jnp.float32,
+        code_matmul: str = "bfloat16",
         rngs: nnx.Rngs,
     ):
         if mode not in MODES:
@@ -48,6 +49,7 @@ class BitLinear(nnx.Module):
         self.act_bits = act_bits
         self.per_row_scale = per_row_scale
         self.dtype = dtype
+        self.code_matmul = code_matmul
         # set when loading an export: the kernel then holds q * scale and keeps exactly that scale
         self.frozen_scale = nnx.data(None)
         self.quant_mix = nnx.data(None)  # set inside a gradual-quantization warmup step only (quant/warmup.py)
@@ -69,7 +71,7 @@ class BitLinear(nnx.Module):
         elif self.mode == "ternary":
             scale = None if self.frozen_scale is None else self.frozen_scale[...]
             y = bit_matmul(x, w, bits=self.act_bits, per_row=self.per_row_scale, frozen_scale=scale,
-                           dtype=self.dtype)
+                           dtype=self.dtype, code_matmul=self.code_matmul)
         else:
             y = jnp.dot(x.astype(self.dtype), w.astype(self.dtype), preferred_element_type=jnp.float32)
         if self.bias is not None:

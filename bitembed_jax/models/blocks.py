@@ -29,6 +29,7 @@ def linear(cfg: ModelConfig, din: int, dout: int, axes, rngs, bias: bool = False
         norm_eps=cfg.rms_norm_eps,
         use_bias=bias,
         dtype=cfg.compute_dtype,
+        code_matmul=cfg.code_matmul,
         rngs=rngs,
     )
 

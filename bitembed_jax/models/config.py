@@ -5,7 +5,8 @@ from typing import Optional
 
 import jax.numpy as jnp
 
-from bitembed_jax.choices import ACT_BITS, ARCHS, ATTENTION, DTYPES, MODES, NORMS, POOLING, ROPE_TYPES
+from bitembed_jax.choices import (ACT_BITS, ARCHS, ATTENTION, CODE_MATMULS, DTYPES, MODES, NORMS, POOLING,
+                                  ROPE_TYPES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,10 +39,12 @@ class ModelConfig:
     pooling: str = "last"
     dtype: str = "float32"
     remat: bool = False
+    code_matmul: str = "bfloat16"  # runtime choice of the devices (train.build.for_platform), not of the model
 
     def __post_init__(self):
         checks = [("arch", ARCHS), ("mode", MODES), ("norm", NORMS), ("attention", ATTENTION),
-                  ("pooling", POOLING), ("rope_type", ROPE_TYPES), ("dtype", DTYPES)]
+                  ("pooling", POOLING), ("rope_type", ROPE_TYPES), ("dtype", DTYPES),
+                  ("code_matmul", CODE_MATMULS)]
         for key, allowed in checks:
             if getattr(self, key) not in allowed:
                 raise ValueError(f"model.{key}={getattr(self, key)!r} is not one of {allowed}")

@@ -153,6 +153,13 @@ class Watchdog:
         if self._thread is not None:
             self._thread.join()
 
+    def settle(self):
+        """A collective failed (gloo: "Connection reset by peer"): if another process is gone, the watchdog
+        notices within its timeout and stops this one, naming it. Returns (for the caller to re-raise the
+        error) only when every process is still beating."""
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=self.timeout_s * 1.5)
+
     def _run(self):
         from jax._src import distributed
 

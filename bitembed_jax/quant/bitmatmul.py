@@ -2,10 +2,12 @@
 
 y = (Qx @ Qw) * gamma / s, where Qx are the per-token absmax codes of x (scale s) and Qw the ternary codes
 of the kernel (scale gamma). The codes are small integers, exact in bfloat16, and every partial sum of their
-products is an integer below 2**24, so a bfloat16 matmul with float32 accumulation computes Qx @ Qw exactly:
-at the speed of a bf16 (or int8) matmul, with no rounding of the scaled operands. A loaded export (its
-stored scale as ``frozen_scale``) goes through the same function with the same codes and scales, so it
-reproduces the checkpoint's forward bit for bit.
+products is an integer below 2**24, so a bfloat16 matmul with float32 accumulation computes Qx @ Qw exactly
+with no rounding of the scaled operands. ``code_matmul="int8"`` multiplies the same codes as int8 x int8 ->
+int32, exact too and the same numbers: TPU v5e/v6e and recent GPUs run int8 at twice their bf16 rate, while
+CPUs have no fast int8 dot in XLA, so the choice follows the devices (``train.build.for_platform``). A loaded
+export (its stored scale as ``frozen_scale``) goes through the same function with the same codes and scales, so
+it reproduces the checkpoint's forward bit for bit.
 
 The backward pass is the straight-through estimator of ``absmax_ste(x) @ ternary_ste(w)``: with
 xq = Qx / s and wq = Qw * gamma, dx = dy @ wq^T and dw = xq^T @ dy, in the compute dtype. Its residuals
@@ -24,16 +26,21 @@ from bitembed_jax.quant.ternary import ternary_int
 MAX_EXACT_FEATURES = 2 ** 24 // 128
 
 
-def code_matmul(qx, s, qw, gamma, dtype):
-    """(Qx @ Qw) * gamma / s: codes of x (..., in) with per-token scale s (..., 1), ternary codes (in, out)."""
+def code_matmul(qx, s, qw, gamma, dtype, operands: str = "bfloat16"):
+    """(Qx @ Qw) * gamma / s: codes of x (..., in) with per-token scale s (..., 1), ternary codes (in, out);
+    ``operands``: "bfloat16" (float32 accumulation) or "int8" (int32 accumulation), the same exact sums."""
     if qx.shape[-1] > MAX_EXACT_FEATURES:
         raise ValueError(f"integer-code matmul is exact up to {MAX_EXACT_FEATURES} input features, "
                          f"got {qx.shape[-1]}")
-    acc = jnp.dot(qx.astype(jnp.bfloat16), qw.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+    if operands == "int8":
+        acc = jnp.dot(qx.astype(jnp.int8), qw.astype(jnp.int8), preferred_element_type=jnp.int32)
+        acc = acc.astype(jnp.float32)
+    else:
+        acc = jnp.dot(qx.astype(jnp.bfloat16), qw.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
     return ((acc / s) * gamma).astype(dtype)
 
 
-def _forward(x, w, frozen_scale, bits, per_row, dtype):
+def _forward(x, w, frozen_scale, bits, per_row, dtype, operands):
     qx, s = absmax_int(x, bits)
     if frozen_scale is None:
         qw, gamma = ternary_int(w, per_row)
@@ -45,21 +52,22 @@ def _forward(x, w, frozen_scale, bits, per_row, dtype):
     # would depend on the batch size and a loaded export would no longer match its checkpoint bit for bit
     # (tests/test_encode_cli.py, tests/test_export.py)
     qx, s = jax.lax.optimization_barrier((qx.astype(jnp.int8), s))
-    return code_matmul(qx, s, qw, gamma, dtype), (qx, s, qw, gamma)
+    return code_matmul(qx, s, qw, gamma, dtype, operands), (qx, s, qw, gamma)
 
 
-# the static arguments: bits, per_row, the compute dtype and the dtypes of x and w (for their cotangents)
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
-def _bit_matmul(x, w, frozen_scale, bits, per_row, dtype, x_dtype, w_dtype):
-    return _forward(x, w, frozen_scale, bits, per_row, dtype)[0]
+# the static arguments: bits, per_row, the compute dtype, the dtypes of x and w (for their cotangents) and the
+# code matmul's operand type
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
+def _bit_matmul(x, w, frozen_scale, bits, per_row, dtype, x_dtype, w_dtype, operands):
+    return _forward(x, w, frozen_scale, bits, per_row, dtype, operands)[0]
 
 
-def _bit_matmul_fwd(x, w, frozen_scale, bits, per_row, dtype, x_dtype, w_dtype):
-    y, codes = _forward(x, w, frozen_scale, bits, per_row, dtype)
+def _bit_matmul_fwd(x, w, frozen_scale, bits, per_row, dtype, x_dtype, w_dtype, operands):
+    y, codes = _forward(x, w, frozen_scale, bits, per_row, dtype, operands)
     return y, (codes, frozen_scale)
 
 
-def _bit_matmul_bwd(bits, per_row, dtype, x_dtype, w_dtype, res, dy):
+def _bit_matmul_bwd(bits, per_row, dtype, x_dtype, w_dtype, operands, res, dy):
     (qx, s, qw, gamma), frozen_scale = res
     dy = dy.astype(dtype)
     wq = (qw.astype(jnp.float32) * gamma).astype(dtype)
@@ -74,8 +82,9 @@ def _bit_matmul_bwd(bits, per_row, dtype, x_dtype, w_dtype, res, dy):
 _bit_matmul.defvjp(_bit_matmul_fwd, _bit_matmul_bwd)
 
 
-def bit_matmul(x, w, *, bits: int = 8, per_row: bool = False, frozen_scale=None, dtype=jnp.float32):
+def bit_matmul(x, w, *, bits: int = 8, per_row: bool = False, frozen_scale=None, dtype=jnp.float32,
+               code_matmul: str = "bfloat16"):
     """Forward: absmax_quantize(x, bits) @ ternary_quantize(w) computed exactly on the codes; straight-through
     gradients to x and to the latent w. ``frozen_scale`` (an export's stored gamma) replaces the absmean scale
-    and gets no gradient."""
-    return _bit_matmul(x, w, frozen_scale, bits, per_row, jnp.dtype(dtype), x.dtype, w.dtype)
+    and gets no gradient. ``code_matmul``: the codes' operand type, "bfloat16" or "int8" (same result)."""
+    return _bit_matmul(x, w, frozen_scale, bits, per_row, jnp.dtype(dtype), x.dtype, w.dtype, code_matmul)

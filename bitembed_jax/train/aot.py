@@ -5,13 +5,14 @@ shapes with the real shardings; ``jax.experimental.topologies`` describes the
 pod and XLA's TPU compiler (libtpu) reports per-chip memory and FLOPs.
 """
 import importlib.util
+import re
 
 import jax
 from flax import nnx
 
 from bitembed_jax.io.model_dir import abstract_model
 from bitembed_jax.parallel.mesh import make_mesh
-from bitembed_jax.train.build import build_step, student_config, teacher_config
+from bitembed_jax.train.build import build_step, for_platform, student_config, teacher_config
 from bitembed_jax.train.config_checks import uses_teacher, validate_config
 from bitembed_jax.train.step import BATCH_KEYS, with_shardings
 
@@ -50,7 +51,7 @@ def compile_programs(cfg, devices):
         cfg.teacher.model = cfg.init.model
     validate_config(cfg, len(devices), check_paths=False)
     mesh = make_mesh(cfg.mesh, devices)
-    mcfg = student_config(cfg)
+    mcfg = student_config(cfg, for_platform(devices))
     graphdef, abs_state = nnx.split(abstract_model(mcfg))
     if uses_teacher(cfg):
         t_graphdef, t_state = nnx.split(abstract_model(teacher_config(mcfg)))
@@ -99,8 +100,14 @@ def model_flops_per_step(mcfg, cfg) -> float:
     return passes * forward + (forward if uses_teacher(cfg) else 0.0)
 
 
+def integer_matmuls(compiled) -> int:
+    """Matmuls of the compiled program that accumulate in int32: the int8 x int8 code products
+    (``code_matmul="int8"``; XLA's TPU backend writes a dot as a ``convolution``)."""
+    return len(re.findall(r"= s32\[[^\]]*\]\S* (?:dot|convolution)\(", compiled.as_text()))
+
+
 def report(compiled, topology: str, num_chips: int, step_time_s: float | None = None,
-           model_flops: float | None = None) -> dict:
+           model_flops: float | None = None, code_matmul: str | None = None) -> dict:
     """Per-chip memory and FLOPs; MFU (at ``step_time_s``) from ``model_flops`` (the whole step's)."""
     hbm, peak = CHIPS[chip_of(topology)]
     mem = compiled.memory_analysis()
@@ -112,7 +119,8 @@ def report(compiled, topology: str, num_chips: int, step_time_s: float | None = 
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
     r = {"topology": topology, "chips": num_chips, "argument_gib": args / GIB, "temp_gib": temp / GIB,
          "output_gib": out / GIB, "alias_gib": alias / GIB, "total_gib": total / GIB, "hbm_gib": hbm / GIB,
-         "fits": total <= hbm, "flops_per_chip": flops}
+         "fits": total <= hbm, "flops_per_chip": flops, "code_matmul": code_matmul,
+         "int32_matmuls": integer_matmuls(compiled)}
     if model_flops:
         r["model_flops_per_chip"] = model_flops / num_chips
         if step_time_s:
@@ -157,6 +165,9 @@ def format_report(r: dict) -> str:
              + ("fits" if r["fits"] else "DOES NOT FIT"),
              f"  FLOPs/step  {r['flops_per_chip']:.3e} per chip by XLA's cost analysis (a loop body, such as "
              "a GradCache chunk, counted once)"]
+    if r.get("code_matmul"):
+        lines.append(f"  integer-code matmuls: {r['code_matmul']} operands ({r['int32_matmuls']} int8 x int8 -> int32 "
+                     "matmuls in the program)")
     if "model_flops_per_chip" in r:
         lines.append(f"  model FLOPs/step {r['model_flops_per_chip']:.3e} per chip from the shapes: at least "
                      f"{r['min_step_time_s']:.3g} s per step at the chip's bf16 peak")

@@ -17,7 +17,8 @@ from bitembed_jax.io import paths
 from bitembed_jax.io.model_dir import resolve_model_dir, save_model_dir
 from bitembed_jax.parallel.distributed import Watchdog, agree, any_process, heartbeat_timeout, join
 from bitembed_jax.parallel.mesh import make_mesh
-from bitembed_jax.train.build import build_step, load_student, load_teacher, read_teacher_config, student_config
+from bitembed_jax.train.build import (build_step, for_platform, load_student, load_teacher, read_teacher_config,
+                                      student_config)
 from bitembed_jax.train.checkpoint import Checkpointer, check_disk_room, check_or_write_config
 from bitembed_jax.train.config_checks import (check_teacher_fits, check_teacher_tokenizer, uses_teacher,
                                               validate_config)
@@ -106,6 +107,9 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
         if not run_steps(run):
             return None
         return finish(run)
+    except jax.errors.JaxRuntimeError:
+        watchdog.settle()  # a peer that died breaks the collectives first: name it rather than gloo's socket
+        raise
     finally:
         watchdog.stop()
 
@@ -134,7 +138,7 @@ def setup(cfg, workdir, devices, make_pipeline, loss_and_grads, resume_from, all
     if uses_teacher(cfg):  # from the two configs, before a weight is read or the dataset built
         check_teacher_fits(cfg, student_config(cfg), read_teacher_config(cfg))
 
-    model, mcfg = load_student(cfg)
+    model, mcfg = load_student(cfg, for_platform(devices))
     too_wide = [int(d) for d in cfg.loss.matryoshka_dims if int(d) > mcfg.hidden_size]
     if too_wide:
         raise ValueError(f"config.loss.matryoshka_dims: {too_wide} exceed the model's hidden size {mcfg.hidden_size}")
