@@ -14,6 +14,7 @@ from flax import nnx
 from bitembed_jax.io.model_dir import (PARAMS_DIR, abstract_model, check_writable, read_config, resolve_model_dir,
                                        save_model_dir)
 from bitembed_jax.io.state_paths import fill_state, flat_params
+from bitembed_jax.models.config import RUNTIME_FIELDS
 
 # metadata that must agree, since it changes what the model's vectors mean
 _SAME_META = ("prompts", "precisions", "matryoshka_dims")
@@ -30,7 +31,7 @@ def check_compatible(model_dirs: list[str]):
             raise ValueError(f"{d} is an export folder (packed ternary weights): average the training model "
                              "folders instead")
         ours, theirs = first_cfg.to_dict(), cfg.to_dict()
-        diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in RUNTIME_FIELDS)
         if diff:
             raise ValueError(f"{d}: model config differs from {model_dirs[0]} in {diff} "
                              f"({[(ours.get(k), theirs.get(k)) for k in diff]})")

@@ -9,6 +9,10 @@ from bitembed_jax.choices import (ACT_BITS, ARCHS, ATTENTION, CODE_MATMULS, DTYP
                                   ROPE_TYPES)
 
 
+# how a model runs, not what it is: folders that differ only in these hold the same kind of model
+RUNTIME_FIELDS = ("dtype", "remat", "code_matmul")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     arch: str

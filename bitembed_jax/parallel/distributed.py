@@ -188,7 +188,8 @@ class Watchdog:
 
     def _lost(self, process: int, why: str):
         hint = self.resume_hint()
-        sys.stderr.write(f"error: lost process {process} of {jax.process_count()} ({why}); process "
+        # on a line of its own: a progress bar may be holding the current one
+        sys.stderr.write(f"\nerror: lost process {process} of {jax.process_count()} ({why}); process "
                          f"{jax.process_index()} stops too.{' ' + hint if hint else ''}\n")
         sys.stderr.flush()
         sys.stdout.flush()

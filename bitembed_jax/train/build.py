@@ -7,7 +7,7 @@ import os
 from bitembed_jax.choices import INT8_PLATFORMS
 from bitembed_jax.convert.fp_to_bitnet import bitnet_config, converts, fp_to_bitnet
 from bitembed_jax.convert.hf_config import from_hf_config
-from bitembed_jax.convert.hf_import import import_hf
+from bitembed_jax.convert.hf_import import import_hf, read_hf_config
 from bitembed_jax.io.load import load_model_dir
 from bitembed_jax.io.model_dir import CONFIG_NAME, read_config
 from bitembed_jax.models.presets import PRESETS
@@ -74,9 +74,6 @@ def read_teacher_config(cfg):
     path = cfg.teacher.model
     if os.path.exists(os.path.join(path, CONFIG_NAME)):
         return read_config(path)[0]
-    from bitembed_jax.convert.hf_config import from_hf_config
-    from bitembed_jax.convert.hf_import import read_hf_config
-
     hf, cfg_path = read_hf_config(path)
     return from_hf_config(hf, cfg_path, mode="fp", attention=cfg.init.attention, pooling=cfg.init.pooling,
                           dtype=cfg.train.dtype)
