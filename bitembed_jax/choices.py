@@ -19,6 +19,9 @@ INIT_CHOICES = {"mode": MODES, "norm": NORMS, "act_bits": ACT_BITS, "attention":
 
 # output embedding precisions, from widest to narrowest
 PRECISIONS = ("fp32", "int8", "int4", "int2", "binary")
+# per-dimension calibration of the int/binary codes (quant.calibration), and where eval takes it from
+CALIBRATION_METHODS = ("standardize", "range")
+CALIBRATION_SOURCES = ("model", "none", "corpus")
 EXPORT_FORMATS = ("bitnet-2bit", "base3")
 LINEAR_CLASSES = ("bitlinear", "autobitlinear")
 TRAINING_STAGES = ("pretrain", "finetune")

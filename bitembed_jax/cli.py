@@ -136,6 +136,17 @@ def build_parser():
     e.add_argument("--prompt", default=None, help="prefix for every text (e.g. a query instruction)")
     e.add_argument("--precision", default="fp32", choices=choices.PRECISIONS)
     e.add_argument("--dim", type=int, default=None, help="Matryoshka dimension")
+    cal = e.add_mutually_exclusive_group()
+    cal.add_argument("--calibrate-on-input", action="store_true",
+                     help="int/binary: calibrate each dimension on these texts' vectors (e.g. the corpus being "
+                          "indexed) instead of the model folder's statistics; saved in the .npz")
+    cal.add_argument("--calibration-from", default=None, metavar="FILE.npz",
+                     help="int/binary: code with the calibration saved in an earlier archive (e.g. the corpus's, "
+                          "to encode its queries)")
+    cal.add_argument("--no-calibration", action="store_true",
+                     help="int/binary: plain per-vector codes, ignoring the model folder's statistics")
+    e.add_argument("--calibration-method", default=None, choices=choices.CALIBRATION_METHODS,
+                   help="with --calibrate-on-input (default standardize; see `bitembed-jax calibrate -h`)")
     e.add_argument("--overwrite", action="store_true")
     add_pod_flags(e)
     e.set_defaults(func=run_encode)
@@ -168,6 +179,10 @@ def build_parser():
     v.add_argument("--out", required=True)
     v.add_argument("--overwrite", action="store_true")
     v.set_defaults(func=_average)
+
+    from bitembed_jax.calibrate import add_calibrate_parser
+
+    add_calibrate_parser(sub)
 
     from bitembed_jax.export.cli_export import add_export_parser
 

@@ -6,22 +6,59 @@ the lines and writes a shard; process 0 then writes the manifest (``io.embedding
 import os
 
 
-def read_texts(path: str) -> list[str]:
+def read_texts(path: str, flag: str = "--input") -> list[str]:
+    """One text per line of a UTF-8 file; a missing file, a folder, an empty file or an empty line is an error."""
     if os.path.isdir(path):
-        raise ValueError(f"--input {path} is a folder; give a text file with one text per line")
+        raise ValueError(f"{flag} {path} is a folder; give a text file with one text per line")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"--input {path} not found")
+        raise FileNotFoundError(f"{flag} {path} not found")
     try:
         with open(path, encoding="utf-8") as f:
             texts = [line.rstrip("\n") for line in f]
     except UnicodeDecodeError as e:
-        raise ValueError(f"--input {path}: not UTF-8 text ({e})") from None
+        raise ValueError(f"{flag} {path}: not UTF-8 text ({e})") from None
     if not texts:
-        raise ValueError(f"--input {path} has no lines to encode")
+        raise ValueError(f"{flag} {path} has no lines to encode")
     empty = [i + 1 for i, t in enumerate(texts) if not t.strip()]
     if empty:
-        raise ValueError(f"--input {path}: empty line(s) {empty[:10]}: one text per line expected")
+        raise ValueError(f"{flag} {path}: empty line(s) {empty[:10]}: one text per line expected")
     return texts
+
+
+def encode_calibration(args, num_processes: int):
+    """What encode codes with: "model" (the folder's), "none", "input" (fitted on the vectors being encoded) or
+    the calibration saved in an earlier archive (e.g. the corpus's, for its queries)."""
+    from bitembed_jax.quant.storage import StoredEmbeddings
+
+    flags = (("--calibrate-on-input", args.calibrate_on_input), ("--no-calibration", args.no_calibration),
+             ("--calibration-from", args.calibration_from))
+    asked = [f for f, on in flags if on]
+    if asked and args.precision == "fp32":
+        raise ValueError(f"{asked[0]}: fp32 vectors are stored as they are; calibration is for int and binary codes")
+    if args.calibration_method and not args.calibrate_on_input:
+        raise ValueError("--calibration-method goes with --calibrate-on-input")
+    if args.calibrate_on_input and num_processes > 1:  # each process sees its own shard only
+        raise ValueError("--calibrate-on-input: every shard must be coded with one calibration; run `bitembed-jax "
+                         "calibrate --model M --input FILE` first (or encode on one process)")
+    if args.calibration_from:
+        cal = StoredEmbeddings.load(args.calibration_from).calibration
+        if cal is None:
+            raise ValueError(f"--calibration-from {args.calibration_from}: the archive holds no calibration")
+        return cal
+    return "input" if args.calibrate_on_input else "none" if args.no_calibration else "model"
+
+
+def _vectors(args, enc, texts, calibration, show_progress: bool):
+    """float32 vectors, or codes coded with ``calibration`` (fitted here on ``texts`` when "input")."""
+    if calibration != "input":
+        return enc.encode(texts, batch_size=args.batch_size, prompt=args.prompt, precision=args.precision,
+                          dim=args.dim, show_progress=show_progress, calibration=calibration)
+    from bitembed_jax.quant.calibration import Calibration
+
+    floats = enc.encode(texts, batch_size=args.batch_size, prompt=args.prompt, show_progress=show_progress)
+    cal = Calibration.fit(floats, args.calibration_method or "standardize",
+                          source=f"{len(texts)} texts of {os.path.basename(args.input)}")
+    return enc.store(floats, args.precision, args.dim, cal)
 
 
 def vector_suffix(args) -> str:
@@ -64,10 +101,10 @@ def run_encode(args):
     cfg, _ = read_config(args.model)  # the config alone: --dim is checked before the weights are read
     if args.dim is not None and not 1 <= args.dim <= cfg.hidden_size:
         raise ValueError(f"--dim {args.dim}: must be in 1..{cfg.hidden_size} for {args.model}")
+    calibration = encode_calibration(args, n)
     enc = Encoder.from_pretrained(args.model, max_length=args.max_length)
     first, end = embeddings.shard_rows(len(texts), n, me)
-    vecs = enc.encode(texts[first:end], batch_size=args.batch_size, prompt=args.prompt, precision=args.precision,
-                      dim=args.dim, show_progress=me == 0)
+    vecs = _vectors(args, enc, texts[first:end], calibration, me == 0)
     if not args.out.endswith(".json"):
         embeddings.save_vectors(args.out, vecs)
         _report(args, vecs, args.out)
@@ -93,5 +130,6 @@ def _report(args, vecs, path: str):
     if isinstance(vecs, np.ndarray):
         print(f"wrote {vecs.shape} float32 vectors to {path}")
         return
+    cal = vecs.calibration and f"; calibrated per dimension ({vecs.calibration.method}, {vecs.calibration.source})"
     print(f"wrote {len(vecs)} {args.precision} vectors ({vecs.nbytes_per_vector} bytes each: codes {vecs.codes.shape} "
-          f"{vecs.codes.dtype} + scales) to {path} (numpy .npz)")
+          f"{vecs.codes.dtype} + scales{cal or ''}) to {path} (numpy .npz)")

@@ -10,9 +10,10 @@ from flax import nnx
 from bitembed_jax.choices import DEFAULT_MAX_LENGTH, INT8_PLATFORMS
 from bitembed_jax.data.tokenize import Tokenize
 from bitembed_jax.io.load import load_model_dir
-from bitembed_jax.io.model_dir import read_config
+from bitembed_jax.io.model_dir import CONFIG_NAME, read_config
 from bitembed_jax.models import embed
-from bitembed_jax.quant.storage import model_storage
+from bitembed_jax.quant.calibration import Calibration, model_calibration
+from bitembed_jax.quant.storage import encode_storage, model_storage
 
 
 def _bucket(n: int, max_length: int) -> int:
@@ -38,6 +39,7 @@ class Encoder:
         self.max_length = max_length
         self.prompts = prompts or {}
         self.meta = meta or {}
+        self.calibration = model_calibration(self.meta)  # the folder's, or None: what encode codes with by default
         self._graphdef, self._state = nnx.split(model)
         self._tokenize = Tokenize(tokenizer, add_eos=self.cfg.pooling == "last")
 
@@ -48,6 +50,7 @@ class Encoder:
         from transformers import AutoTokenizer
 
         _, meta = read_config(path)
+        model_calibration(meta, os.path.join(path, CONFIG_NAME))  # a malformed one is named before the weights load
         max_length = int(max_length or meta.get("max_length") or DEFAULT_MAX_LENGTH)
         overrides.setdefault("code_matmul", "int8" if jax.default_backend() in INT8_PLATFORMS else "bfloat16")
         model, _ = load_model_dir(path, **overrides)
@@ -61,8 +64,13 @@ class Encoder:
         return embed(nnx.merge(self._graphdef, state), ids, mask)
 
     def encode(self, texts, *, batch_size: int = 32, prompt: str | None = None, precision: str = "fp32",
-               dim: int | None = None, show_progress: bool = False):
-        """Embeddings of ``texts``: float32 (n, d) for fp32, else storage-ready codes (see quant.embedding)."""
+               dim: int | None = None, show_progress: bool = False, calibration="model"):
+        """Embeddings of ``texts``: float32 (n, d) for fp32, else storage-ready codes (``quant.storage``).
+
+        ``calibration`` (int and binary codes): "model" for the folder's own per-dimension statistics (none if it
+        has none), "none" for plain per-vector codes, or a ``Calibration`` (e.g. ``calibrate``'s on a corpus).
+        """
+        self._calibration(calibration)  # a bad value fails before the texts are encoded
         if isinstance(texts, str):
             raise TypeError("encode expects a list of strings, got a single string")
         texts = [(prompt or "") + t for t in texts]
@@ -84,4 +92,28 @@ class Encoder:
         vecs = np.concatenate(out)
         if precision == "fp32" and dim is None:
             return vecs
-        return model_storage(vecs, precision, self.meta, dim)
+        return self.store(vecs, precision, dim, calibration)
+
+    def store(self, vecs: np.ndarray, precision: str, dim: int | None = None, calibration="model"):
+        """``encode``'s storage step for float vectors it made: StoredEmbeddings at ``precision``."""
+        cal = self._calibration(calibration)
+        if calibration == "model" and cal is None:
+            return model_storage(vecs, precision, self.meta, dim)  # the folder's global scales, if any
+        return encode_storage(vecs, precision, dim, calibration=cal)
+
+    def _calibration(self, calibration) -> Calibration | None:
+        if isinstance(calibration, Calibration):
+            return calibration
+        if calibration == "model":
+            return self.calibration
+        if calibration == "none":
+            return None
+        raise ValueError(f"calibration must be 'model', 'none' or a Calibration, got {calibration!r}")
+
+    def calibrate(self, texts, *, method: str = "standardize", batch_size: int = 32, prompt: str | None = None,
+                  source: str = "", show_progress: bool = False) -> Calibration:
+        """Per-dimension statistics of the vectors of ``texts`` (a sample of what will be stored, e.g. a corpus
+        at indexing time), to pass as ``encode(..., calibration=...)`` or to save with ``bitembed-jax
+        calibrate``."""
+        vecs = self.encode(texts, batch_size=batch_size, prompt=prompt, show_progress=show_progress)
+        return Calibration.fit(vecs, method, source=source or f"{len(texts)} texts")

@@ -3,7 +3,7 @@ precisions and Matryoshka dims, with an optional fp32 teacher as the reference."
 import json
 import os
 
-from bitembed_jax.choices import DEFAULT_MAX_LENGTH, PRECISIONS
+from bitembed_jax.choices import CALIBRATION_SOURCES, DEFAULT_MAX_LENGTH, PRECISIONS
 
 
 def parse_precisions(text: str) -> list[str]:
@@ -25,6 +25,21 @@ def parse_dims(text: str | None) -> list[int | None]:
         raise ValueError(f"--dims takes a comma list of integers, got {text!r}") from None
 
 
+def parse_calibration(text: str) -> list[str]:
+    out = [c.strip() for c in text.split(",") if c.strip()]
+    bad = [c for c in out if c not in CALIBRATION_SOURCES]
+    if bad or not out:
+        raise ValueError(f"--calibration takes a comma list of {', '.join(CALIBRATION_SOURCES)}; got {text!r}")
+    return out
+
+
+def model_name(path: str) -> str:
+    """A model's name in the rows: its folder's, or the training run's for the model/ folder a run wrote."""
+    path = os.path.normpath(os.path.abspath(path))
+    name = os.path.basename(path)
+    return os.path.basename(os.path.dirname(path)) if name == "model" else name
+
+
 def _load_prompts(path: str | None) -> dict | None:
     if path is None:
         return None
@@ -36,7 +51,7 @@ def _load_prompts(path: str | None) -> dict | None:
 
 
 def _models(args):
-    """(role, folder, precisions, dims): the student at every setting asked, the teacher at fp32."""
+    """(name, role, folder, precisions, dims): the model at every setting asked, the teacher at fp32."""
     from bitembed_jax.io.model_dir import read_config
 
     dims = parse_dims(args.dims)
@@ -44,10 +59,10 @@ def _models(args):
     bad = [d for d in dims if d is not None and not 1 <= d <= full]
     if bad:
         raise ValueError(f"--dims: dim must be in 1..{full} for {args.model}, got {bad}")
-    out = [("student", args.model, parse_precisions(args.precision), dims)]
+    out = [(model_name(args.model), "model", args.model, parse_precisions(args.precision), dims)]
     if args.teacher:
-        read_config(args.teacher)  # a wrong folder fails now, not after the student's run
-        out.append(("teacher", args.teacher, ["fp32"], [None]))
+        read_config(args.teacher)  # a wrong folder fails now, not after the model's run
+        out.append(("teacher", "teacher", args.teacher, ["fp32"], [None]))
     return out
 
 
@@ -69,10 +84,10 @@ def _score_model(args, path, precisions, dims, data) -> list[dict]:
     if data["retrieval"]:
         query_prompt = args.query_prompt if args.query_prompt is not None else enc.prompts.get("query", "")
         rows += local.evaluate_retrieval(enc, data["retrieval"], precisions, dims, batch_size=args.batch_size,
-                                         query_prompt=query_prompt)
+                                         query_prompt=query_prompt, calibration=data["calibration"])
     if data["sts"]:
         rows += local.evaluate_sts(enc, data["sts"], precisions, dims, batch_size=args.batch_size,
-                                   prompt=args.sts_prompt)
+                                   prompt=args.sts_prompt, calibration=data["calibration"])
     return rows
 
 
@@ -89,10 +104,14 @@ def run_eval(args) -> dict:
         raise ValueError("nothing to evaluate: give --benchmark/--tasks (mteb) and/or --retrieval/--sts (local files)")
     report.check_output(args.output, args.overwrite)
     models = _models(args)  # options and folders are checked before any slow step
+    calibration = parse_calibration(args.calibration)
+    if (args.benchmark or args.tasks) and calibration != ["model"]:
+        raise ValueError("--calibration: mteb tasks are scored with the model folder's own calibration only; "
+                         "compare calibrations on --retrieval / --sts files")
     # local files are read first, so a malformed line fails before a model is loaded
     data = {"retrieval": local.read_beir(args.retrieval, args.split) if args.retrieval else None,
             "sts": local.read_sts(args.sts, args.sts_limit) if args.sts else None,
-            "prompts": _load_prompts(args.prompts), "tasks": None}
+            "prompts": _load_prompts(args.prompts), "tasks": None, "calibration": calibration}
     plotted = [d.name for d in (data["retrieval"], data["sts"]) if d]
     if args.benchmark or args.tasks:
         from bitembed_jax.eval import mteb_wrapper  # imports mteb: only when asked for
@@ -100,15 +119,15 @@ def run_eval(args) -> dict:
         plotted.append(mteb_wrapper.MEAN)
 
     info = {"model": os.path.abspath(args.model), "teacher": args.teacher and os.path.abspath(args.teacher),
-            "precisions": models[0][2], "dims": models[0][3]}
+            "precisions": models[0][3], "dims": models[0][4], "calibration": ",".join(calibration)}
     if data["retrieval"]:
         info["qrels skipped"] = ", ".join(f"{k}={v}" for k, v in data["retrieval"].skipped.items())
         if any(data["retrieval"].skipped.values()):
             print(f"warning: {args.retrieval}: qrels lines skipped: {info['qrels skipped']}")
     rows = []
-    for role, path, precisions, dims in models:
+    for name, role, path, precisions, dims in models:
         try:
-            rows += [{"model": role, **r} for r in _score_model(args, path, precisions, dims, data)]
+            rows += [{"model": name, "role": role, **r} for r in _score_model(args, path, precisions, dims, data)]
         except ConnectionError as e:  # mteb data unreachable: said plainly, as the cli says its other errors
             raise SystemExit(f"error: {e}") from None
 
@@ -135,6 +154,10 @@ def add_eval_parser(subparsers):
     e.add_argument("--sts-limit", type=int, default=None, help="use the first N pairs of --sts")
     e.add_argument("--precision", default="fp32", help="'all' or a comma list of fp32,int8,int4,int2,binary")
     e.add_argument("--dims", default=None, help="comma list of Matryoshka dims (default: the full size)")
+    e.add_argument("--calibration", default="model",
+                   help="int/binary codes: comma list of model (the folder's per-dimension statistics, if any), "
+                        "none (without), corpus (fitted on the --retrieval corpus / the --sts sentences, as a user "
+                        "calibrates on their own corpus at indexing time); fp32 is never calibrated")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--max-length", type=int, default=None,
                    help=f"tokens per text (default: the model folder's, else {DEFAULT_MAX_LENGTH})")

@@ -10,7 +10,8 @@ import os
 
 import numpy as np
 
-from bitembed_jax.quant.storage import StoredEmbeddings, model_storage, similarity
+from bitembed_jax.quant.calibration import Calibration
+from bitembed_jax.quant.storage import StoredEmbeddings, encode_storage, model_storage, similarity
 
 NDCG_K, MRR_K, RECALL_K = 10, 10, 100
 _SCORE_BLOCK = 2 ** 24  # query x corpus scores held at once
@@ -208,37 +209,71 @@ def embed_texts(encoder, texts, *, batch_size: int, prompt: str = "") -> np.ndar
     return out
 
 
-def _point(precision, dim, full_dim, stored, n_vectors) -> dict:
-    return {"precision": precision, "dim": dim or full_dim, "bytes_per_vector": stored.nbytes_per_vector,
-            "n_vectors": n_vectors, "index_bytes": stored.nbytes_per_vector * n_vectors}
+def _point(precision, dim, full_dim, stored, n_vectors, calibration) -> dict:
+    return {"precision": precision, "dim": dim or full_dim, "calibration": calibration,
+            "bytes_per_vector": stored.nbytes_per_vector, "n_vectors": n_vectors,
+            "index_bytes": stored.nbytes_per_vector * n_vectors}
+
+
+def calibrations(encoder, sources, corpus: np.ndarray) -> list[tuple[str, Calibration | None]]:
+    """(label, calibration) for each source asked: "model" the folder's statistics (labelled "none" when it
+    has none), "none" the codes without per-dimension statistics, "corpus" fitted on ``corpus`` (the vectors
+    to be stored: the user's own corpus at indexing time) with the folder's method, else standardize. Repeats
+    are dropped."""
+    out = {}
+    for source in sources:
+        if source == "model" and encoder.calibration is not None:
+            out.setdefault("model", encoder.calibration)
+        elif source == "corpus":
+            method = encoder.calibration.method if encoder.calibration is not None else "standardize"
+            out.setdefault("corpus", Calibration.fit(corpus, method, source=f"the {len(corpus)} corpus vectors"))
+        elif source in ("model", "none"):
+            out.setdefault("none", None)
+        else:
+            raise ValueError(f"calibration source must be model, none or corpus, got {source!r}")
+    return list(out.items())
+
+
+def _settings(precisions, dims, cals):
+    """(dim, precision, label, calibration) to score; fp32 is never calibrated, so it is scored once per dim."""
+    for dim in dims:
+        for i, (label, cal) in enumerate(cals):
+            for p in precisions:
+                if p != "fp32" or i == 0:
+                    yield dim, p, ("none" if p == "fp32" else label), cal
+
+
+def _store(encoder, vecs, precision, dim, label, cal):
+    if label == "model" or (cal is None and encoder.calibration is None):
+        return model_storage(vecs, precision, encoder.meta, dim)  # whatever the folder holds, as before
+    return encode_storage(vecs, precision, dim, calibration=cal)
 
 
 def evaluate_retrieval(encoder, data: RetrievalData, precisions, dims=(None,), *, batch_size: int = 32,
-                       query_prompt: str = "") -> list[dict]:
-    """One row per (dim, precision): the corpus and queries are encoded once, then quantized."""
+                       query_prompt: str = "", calibration=("model",)) -> list[dict]:
+    """One row per (dim, calibration, precision): the corpus and queries are encoded once, then quantized."""
     docs = embed_texts(encoder, data.corpus_texts, batch_size=batch_size)
     queries = embed_texts(encoder, data.query_texts, batch_size=batch_size, prompt=query_prompt)
     rows = []
-    for dim in dims:
-        for p in precisions:
-            stored = model_storage(docs, p, encoder.meta, dim)
-            scores = retrieval_scores(model_storage(queries, p, encoder.meta, dim), stored, data.query_ids,
-                                      data.corpus_ids, data.qrels)
-            rows.append({"dataset": data.name, "metric": f"ndcg_at_{NDCG_K}", "score": scores[f"ndcg_at_{NDCG_K}"],
-                         **scores, **_point(p, dim, docs.shape[1], stored, len(docs))})
+    for dim, p, label, cal in _settings(precisions, dims, calibrations(encoder, calibration, docs)):
+        stored = _store(encoder, docs, p, dim, label, cal)
+        scores = retrieval_scores(_store(encoder, queries, p, dim, label, cal), stored, data.query_ids,
+                                  data.corpus_ids, data.qrels)
+        rows.append({"dataset": data.name, "metric": f"ndcg_at_{NDCG_K}", "score": scores[f"ndcg_at_{NDCG_K}"],
+                     **scores, **_point(p, dim, docs.shape[1], stored, len(docs), label)})
     return rows
 
 
 def evaluate_sts(encoder, data: StsData, precisions, dims=(None,), *, batch_size: int = 32,
-                 prompt: str = "") -> list[dict]:
-    """One row per (dim, precision); both sides get ``prompt`` (a symmetric task)."""
+                 prompt: str = "", calibration=("model",)) -> list[dict]:
+    """One row per (dim, calibration, precision); both sides get ``prompt`` (a symmetric task); a "corpus"
+    calibration is fitted on both sides' vectors."""
     a = embed_texts(encoder, data.s1, batch_size=batch_size, prompt=prompt)
     b = embed_texts(encoder, data.s2, batch_size=batch_size, prompt=prompt)
     rows = []
-    for dim in dims:
-        for p in precisions:
-            sa, sb = model_storage(a, p, encoder.meta, dim), model_storage(b, p, encoder.meta, dim)
-            rho = sts_spearman(sa, sb, data.scores)
-            rows.append({"dataset": data.name, "metric": "spearman", "score": rho, "spearman": rho,
-                         **_point(p, dim, a.shape[1], sa, 2 * len(a))})
+    for dim, p, label, cal in _settings(precisions, dims, calibrations(encoder, calibration, np.concatenate([a, b]))):
+        sa, sb = _store(encoder, a, p, dim, label, cal), _store(encoder, b, p, dim, label, cal)
+        rho = sts_spearman(sa, sb, data.scores)
+        rows.append({"dataset": data.name, "metric": "spearman", "score": rho, "spearman": rho,
+                     **_point(p, dim, a.shape[1], sa, 2 * len(a), label)})
     return rows

@@ -139,7 +139,7 @@ def evaluate_mteb(model: MTEBEncoder, tasks, settings, output_dir: str) -> list[
     from mteb.abstasks.aggregated_task import AbsTaskAggregate
 
     cache = mteb.ResultCache(cache_path=output_dir)
-    scales = model.encoder.meta.get("embedding_scales", {})
+    scales, cal = model.encoder.meta.get("embedding_scales", {}), model.encoder.calibration
     model.cache_fp32 = len(settings) > 1  # a single setting needs no second look at the vectors
     rows = []
     for task in tasks:
@@ -154,7 +154,8 @@ def evaluate_mteb(model: MTEBEncoder, tasks, settings, output_dir: str) -> list[
                 d = dim or model.encoder.cfg.hidden_size
                 rows.append({"dataset": task.metadata.name, "metric": task.metadata.main_score,
                              "score": float(res.task_results[0].get_score()), "precision": precision, "dim": d,
-                             "bytes_per_vector": bytes_per_vector(precision, d, scales.get(precision) is None)})
+                             "bytes_per_vector": bytes_per_vector(precision, d, per_vector_scale=(
+                                 cal.scale(precision) if cal else scales.get(precision)) is None)})
         except ConnectionError as e:  # what datasets raises when the Hub cannot be reached
             raise ConnectionError(
                 f"could not get the data of mteb task {task.metadata.name}: the Hugging Face Hub, where mteb's "

@@ -1,7 +1,8 @@
 """Evaluation outputs: results.json, a markdown summary, and a score-vs-bytes plot.
 
-A row is one score: {"model": "student"|"teacher", "dataset", "metric", "score", "precision", "dim",
-"bytes_per_vector", optionally "n_vectors", "index_bytes" and the dataset's other metrics}.
+A row is one score: {"model": the model's name (its folder's, or "teacher"), "role": "model"|"teacher", "dataset",
+"metric", "score", "precision", "dim", "bytes_per_vector", optionally "calibration", "n_vectors", "index_bytes" and
+the dataset's other metrics}.
 """
 import json
 import math
@@ -31,18 +32,22 @@ def _score(x) -> str:
 
 
 def summary_markdown(rows: list[dict], header: str = "") -> str:
+    """One line per row; a calibration column when the rows compare calibrations."""
+    cal = len({r.get("calibration") for r in rows if r["precision"] != "fp32"}) > 1
     lines = [header, ""] if header else []
-    lines += ["| model | dataset | metric | precision | dim | score | bytes/vector | index size |",
-              "|---|---|---|---|---:|---:|---:|---:|"]
+    lines += ["| model | dataset | metric | precision | " + ("calibration | " if cal else "")
+              + "dim | score | bytes/vector | index size |", "|---|---|---|---|" + ("---|" if cal else "")
+              + "---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['dataset']} | {r['metric']} | {r['precision']} | {r['dim']} | "
+        lines.append(f"| {r['model']} | {r['dataset']} | {r['metric']} | {r['precision']} | "
+                     + (f"{r.get('calibration', 'none')} | " if cal else "") + f"{r['dim']} | "
                      f"{_score(r['score'])} | {r['bytes_per_vector']} | {_size(r.get('index_bytes'))} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict], path: str, datasets: list[str]) -> None:
-    """One panel per dataset: student score vs bytes per vector (log2 axis), one line per Matryoshka
-    dim through its precisions; the teacher's fp32 score as a dashed reference line."""
+    """One panel per dataset: the model's score vs bytes per vector (log2 axis), one line per Matryoshka
+    dim (and calibration) through its precisions; the teacher's fp32 score as a dashed reference line."""
     import matplotlib
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
@@ -51,15 +56,19 @@ def plot(rows: list[dict], path: str, datasets: list[str]) -> None:
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
     for ax, name in zip(axes[0], datasets):
         mine = [r for r in rows if r["dataset"] == name]
-        student = [r for r in mine if r["model"] == "student"]
-        for dim in sorted({r["dim"] for r in student}, reverse=True):
-            pts = sorted((r for r in student if r["dim"] == dim), key=lambda r: r["bytes_per_vector"])
-            xs, ys = [r["bytes_per_vector"] for r in pts], [r["score"] for r in pts]
-            ax.plot(xs, ys, "o-", label=f"dim {dim}")
-            for r in pts:
-                ax.annotate(r["precision"], (r["bytes_per_vector"], r["score"]), textcoords="offset points",
-                            xytext=(4, 4), fontsize=8)
-        for r in (r for r in mine if r["model"] == "teacher"):
+        model = [r for r in mine if r.get("role", "model") == "model"]
+        cals = sorted({r.get("calibration", "none") for r in model if r["precision"] != "fp32"}) or ["none"]
+        for dim in sorted({r["dim"] for r in model}, reverse=True):
+            for cal in cals:  # each calibration's line starts from the (uncalibrated) fp32 point
+                pts = sorted((r for r in model if r["dim"] == dim and (r["precision"] == "fp32"
+                                                                       or r.get("calibration", "none") == cal)),
+                             key=lambda r: r["bytes_per_vector"])
+                xs, ys = [r["bytes_per_vector"] for r in pts], [r["score"] for r in pts]
+                ax.plot(xs, ys, "o-", label=f"dim {dim}" + (f", calibration {cal}" if len(cals) > 1 else ""))
+                for r in pts:
+                    ax.annotate(r["precision"], (r["bytes_per_vector"], r["score"]), textcoords="offset points",
+                                xytext=(4, 4), fontsize=8)
+        for r in (r for r in mine if r.get("role") == "teacher"):
             ax.axhline(r["score"], ls="--", color="gray", label=f"teacher fp32 ({_score(r['score'])})")
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 8, 16, ... rather than 2^3, 2^4

@@ -78,7 +78,10 @@ def _concat(parts: list, path: str):
     else:
         scale = None if scales[0] is None else np.concatenate(scales)
     first = parts[0]
-    return StoredEmbeddings(np.concatenate([p.codes for p in parts]), scale, first.precision, first.dim)
+    cal = first.calibration
+    if any(p.calibration is not cal and (cal is None or not cal.same_as(p.calibration)) for p in parts):
+        raise ValueError(f"{path}: shards were coded with different calibrations")
+    return StoredEmbeddings(np.concatenate([p.codes for p in parts]), scale, first.precision, first.dim, cal)
 
 
 def load_embeddings(path: str):

@@ -6,7 +6,10 @@ import math
 
 import numpy as np
 
+from bitembed_jax.quant.calibration import Calibration, model_calibration
 from bitembed_jax.quant.grid import DIVISOR, EPS, INT_BITS, check_precision, codes as grid_codes
+
+_CAL_KEYS = ("calibration_method", "calibration_center", "calibration_width")  # in a saved archive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,11 +21,14 @@ class StoredEmbeddings:
       (n, ceil(dim/4)), element j in bits 2*(j%4) as (code + 3) / 2; binary
       ``np.packbits`` of (e >= 0) (n, ceil(dim/8)). Padding bits are zero.
     scale: int formats only: float32 (n,) per vector, or float32 () global.
+    calibration: the per-dimension statistics the vectors were coded with (``quant.calibration``), if any:
+      float vectors scored against these are coded with the same.
     """
     codes: np.ndarray
     scale: np.ndarray | None
     precision: str
     dim: int
+    calibration: Calibration | None = None
 
     @property
     def per_vector_scale(self) -> bool:
@@ -36,10 +42,14 @@ class StoredEmbeddings:
         return self.codes.shape[0]
 
     def save(self, path: str) -> None:
-        """A numpy .npz (codes, scale, precision, dim), as ``bitembed-jax encode`` writes; no pickled objects."""
+        """A numpy .npz (codes, scale, precision, dim, and the calibration if any), as ``bitembed-jax encode``
+        writes; no pickled objects."""
+        cal = self.calibration
+        extra = {} if cal is None else dict(zip(_CAL_KEYS, (cal.method, cal.center, cal.width)),
+                                            calibration_n=cal.n, calibration_source=cal.source)
         with open(path, "wb") as f:  # a file object: numpy leaves the name as given
             np.savez(f, codes=self.codes, scale=np.asarray([] if self.scale is None else self.scale, np.float32),
-                     precision=self.precision, dim=self.dim)
+                     precision=self.precision, dim=self.dim, **extra)
 
     @classmethod
     def load(cls, path: str) -> "StoredEmbeddings":
@@ -49,6 +59,7 @@ class StoredEmbeddings:
             if missing:
                 raise ValueError(f"{path}: not a stored-embeddings archive (missing {missing})")
             precision, dim, codes, scale = str(z["precision"]), int(z["dim"]), z["codes"], z["scale"]
+            cal = _load_calibration(z, path)
         check_precision(precision)
         dtype = np.dtype({"fp32": np.float32, "int8": np.int8}.get(precision, np.uint8))
         width = bytes_per_vector(precision, dim, per_vector_scale=False) // dtype.itemsize
@@ -59,7 +70,20 @@ class StoredEmbeddings:
             scale = None
         elif scale.shape not in ((), (len(codes),)):
             raise ValueError(f"{path}: scale of shape {scale.shape} for {len(codes)} {precision} vectors")
-        return cls(codes, scale, precision, dim)
+        if cal is not None and cal.dim < dim:
+            raise ValueError(f"{path}: calibration of {cal.dim} dims for vectors of dim {dim}")
+        return cls(codes, scale, precision, dim, cal)
+
+
+def _load_calibration(z, path: str) -> Calibration | None:
+    """The calibration saved with an archive; archives written before calibration existed have none."""
+    if _CAL_KEYS[0] not in z.files:
+        return None
+    meta = {"method": str(z["calibration_method"]), "center": z["calibration_center"].tolist(),
+            "width": z["calibration_width"].tolist(),
+            "n": int(z["calibration_n"]) if "calibration_n" in z.files else 0,
+            "source": str(z["calibration_source"]) if "calibration_source" in z.files else ""}
+    return Calibration.from_meta(meta, path)
 
 
 def bytes_per_vector(precision: str, dim: int, per_vector_scale: bool = True) -> int:
@@ -118,20 +142,26 @@ def _unpack_uint(packed: np.ndarray, bits: int, dim: int) -> np.ndarray:
     return np.stack(parts, axis=-1).reshape(packed.shape[0], -1)[:, :dim]
 
 
-def encode_storage(e: np.ndarray, precision: str, dim: int | None = None,
-                   scale: float | None = None) -> StoredEmbeddings:
+def encode_storage(e: np.ndarray, precision: str, dim: int | None = None, scale: float | None = None,
+                   calibration: Calibration | None = None) -> StoredEmbeddings:
     """Quantize and pack (n, d) float vectors; ``dim`` truncates Matryoshka-style first.
 
-    Int formats store a float32 scale per vector unless a global ``scale`` is given.
+    Int formats store a float32 scale per vector unless a global ``scale`` is given. With a ``calibration``
+    (int and binary formats; fp32 ignores it) each dimension is calibrated first and the method sets the scale.
     """
     check_precision(precision)
-    x = _truncate(e, dim)
+    if calibration is not None and precision != "fp32":
+        if scale is not None:
+            raise ValueError("a calibration sets its own scale: give scale or calibration, not both")
+        x, scale = calibration.apply(e, dim), calibration.scale(precision)
+    else:
+        x, calibration = _truncate(e, dim), None
     d = x.shape[1]
     if precision in ("fp32", "binary"):
         if scale is not None:
             raise ValueError(f"{precision} takes no scale")
         codes = x.copy() if precision == "fp32" else np.packbits(x >= 0, axis=1)
-        return StoredEmbeddings(codes, None, precision, d)
+        return StoredEmbeddings(codes, None, precision, d, calibration)
     if scale is None:
         s = (np.maximum(np.abs(x).max(axis=1), np.float32(EPS)) / np.float32(DIVISOR[precision]))
     else:
@@ -145,12 +175,16 @@ def encode_storage(e: np.ndarray, precision: str, dim: int | None = None,
         codes = _pack_uint((c + 8).astype(np.uint8), 4)
     else:
         codes = _pack_uint(((c + 3) // 2).astype(np.uint8), 2)
-    return StoredEmbeddings(codes, s.astype(np.float32), precision, d)
+    return StoredEmbeddings(codes, s.astype(np.float32), precision, d, calibration)
 
 
 def model_storage(e: np.ndarray, precision: str, meta: dict, dim: int | None = None) -> StoredEmbeddings:
-    """``encode_storage`` with the global scale a model folder's metadata (bitembed_config.json) calibrated for
-    ``precision``, if any: the stored form of that model's vectors wherever they are made."""
+    """``encode_storage`` with what a model folder's metadata (bitembed_config.json) holds for ``precision``:
+    its per-dimension calibration, else a global scale, else neither (per-vector absmax): the stored form of that
+    model's vectors wherever they are made."""
+    calibration = model_calibration(meta)
+    if calibration is not None:
+        return encode_storage(e, precision, dim=dim, calibration=calibration)
     return encode_storage(e, precision, dim=dim, scale=meta.get("embedding_scales", {}).get(precision))
 
 
@@ -186,27 +220,39 @@ def hamming(a: np.ndarray, b: np.ndarray, block: int = 256) -> np.ndarray:
     return out
 
 
-def _as_stored(x, precision: str | None) -> StoredEmbeddings:
+def _as_stored(x, precision: str | None, other) -> StoredEmbeddings:
+    """``x`` stored; float vectors are coded like ``other`` if it is stored (its calibration too)."""
     if isinstance(x, StoredEmbeddings):
         if precision is not None and precision != x.precision:
             raise ValueError(f"stored as {x.precision}, asked to score as {precision}")
         return x
+    if isinstance(other, StoredEmbeddings):
+        if precision is not None and precision != other.precision:
+            raise ValueError(f"stored as {other.precision}, asked to score as {precision}")
+        cal = other.calibration
+        return encode_storage(np.asarray(x), other.precision, dim=None if cal is None else other.dim,
+                              calibration=cal)
     return encode_storage(np.asarray(x), precision or "fp32")
 
 
 def similarity(a, b, precision: str | None = None) -> np.ndarray:
     """(n_a, n_b) float32 scores between two sets of vectors.
 
-    ``a`` and ``b`` are StoredEmbeddings or float (n, d) arrays (encoded here at
-    ``precision``, default fp32; int formats get per-vector scales).
+    ``a`` and ``b`` are StoredEmbeddings or float (n, d) arrays: float vectors scored against stored ones are
+    coded like them (precision and calibration); two float arrays are coded at ``precision``, default fp32, int
+    formats with per-vector scales. Two stored sets must share their calibration (or both have none).
     fp32: dot product. int*: exact integer dot product of the codes (float64
     BLAS, exact below 2**53) times both scales: equals the dot product of the
     dequantised vectors. binary: negative Hamming distance on the packed bytes,
     = (d * cos - d) / 2 of the dequantised vectors, so it ranks the same.
     """
-    sa, sb = _as_stored(a, precision), _as_stored(b, precision)
+    sa, sb = _as_stored(a, precision, b), _as_stored(b, precision, a)
     if (sa.precision, sa.dim) != (sb.precision, sb.dim):
         raise ValueError(f"cannot score {sa.precision}/{sa.dim} against {sb.precision}/{sb.dim}")
+    if sa.calibration is not None or sb.calibration is not None:
+        if sa.calibration is None or not sa.calibration.same_as(sb.calibration):
+            raise ValueError("cannot score vectors coded with different calibrations (or one without); code both "
+                             "with the same one")
     if sa.precision == "fp32":
         return sa.codes @ sb.codes.T
     if sa.precision == "binary":
