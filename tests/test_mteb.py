@@ -15,7 +15,7 @@ from mteb.abstasks.task_metadata import TaskMetadata
 from mteb.types import PromptType
 
 from bitembed_jax.eval import local
-from bitembed_jax.eval.cli_eval import add_eval_parser
+from bitembed_jax.eval.cli_eval import add_eval_parser, model_name
 from bitembed_jax.eval.mteb_wrapper import MEAN, MTEBEncoder, evaluate_mteb
 from bitembed_jax.quant.storage import encode_storage
 
@@ -208,10 +208,11 @@ def test_cli_mteb_run_writes_summary_plot_and_mteb_folder(model_dir, tmp_path, m
                               "TinySTS", "--precision", "fp32,binary", "--output", str(out)])
     args.func(args)
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [(r["model"], r["dataset"], r["precision"]) for r in rows if r["dataset"] == MEAN] == [
-        ("student", MEAN, "fp32"), ("student", MEAN, "binary"), ("teacher", MEAN, "fp32")]
-    sts = {(r["model"], r["precision"]): r["score"] for r in rows if r["dataset"] == "TinySTS"}
-    assert sts["teacher", "fp32"] == pytest.approx(sts["student", "fp32"])  # the same folder as both
+    name = model_name(model_dir)  # the model is named by its folder, the --teacher reference as the teacher
+    assert [(r["model"], r["role"], r["dataset"], r["precision"]) for r in rows if r["dataset"] == MEAN] == [
+        (name, "model", MEAN, "fp32"), (name, "model", MEAN, "binary"), ("teacher", "teacher", MEAN, "fp32")]
+    sts = {(r["role"], r["precision"]): r["score"] for r in rows if r["dataset"] == "TinySTS"}
+    assert sts["teacher", "fp32"] == pytest.approx(sts["model", "fp32"])  # the same folder as both
     assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| student | mteb mean |" in (out / "summary.md").read_text()
+    assert f"| {name} | mteb mean |" in (out / "summary.md").read_text()
     assert list((out / "mteb" / "results").iterdir())[0].name.startswith("bitembed-jax__m")
