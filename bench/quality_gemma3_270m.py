@@ -33,6 +33,11 @@ was run before). To carry the ablation line through the same continuations as th
 DIR`` starts the ablation from an earlier ablation model, and ``--no-student`` skips the distilled fine-tune
 (whose stage ran before in the student's own workdir).
 
+``--ood DIR`` (repeatable) also scores every model on a BEIR folder (corpus.jsonl, queries.jsonl,
+qrels/test.tsv) that no stage trains on: nDCG@10 and Recall@100 at every output precision (int2 too), each model
+with its folder's own calibration; the report then leads with each model's share of the teacher's score out of
+domain. It only adds evaluations (WORKDIR/eval_NAME_ood_DATASET.json), so it can be added to a finished workdir.
+
 ``--eval-model NAME=DIR`` evaluates any other model folder (e.g. a weight average made with ``bitembed-jax
 average``) on the workdir's split next to the teacher; it can be added to a finished workdir.
 
@@ -55,9 +60,11 @@ import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)  # runs from a checkout without installing the package
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # its helper module, also when loaded by path
 
 from bitembed_jax.config_loader import recorded_diff  # noqa: E402
 from bitembed_jax.io.paths import write_text_atomic  # noqa: E402
+from quality_eval import cached_eval, evaluate_ood, ood_folders, ood_report  # noqa: E402
 SHARED = os.path.join(ROOT, "..", "shared", "data")
 CONFIGS = os.path.join(ROOT, "configs")
 PRECISIONS = ("fp32", "int8", "int4", "binary")
@@ -98,6 +105,8 @@ def _parser():
     p.add_argument("--ablation-init", default=None,
                    help="a BitNet model folder the ablation continues from (default: the student's start)")
     p.add_argument("--no-student", action="store_true", help="skip the distilled fine-tune")
+    p.add_argument("--ood", action="append", default=[], metavar="DIR",
+                   help="also score every model on this BEIR folder, out of domain (repeat for several)")
     p.add_argument("--eval-model", action="append", default=[], metavar="NAME=DIR",
                    help="also evaluate this model folder on the workdir's split, next to the teacher (repeat)")
     return p
@@ -123,6 +132,7 @@ def parse_args(argv=None):
         if not os.path.exists(os.path.join(folder, "bitembed_config.json")):
             p.error(f"--eval-model {item!r}: {folder} is not a bitembed-jax model folder (no bitembed_config.json)")
         args.eval_models.append((name, os.path.abspath(folder)))
+    args.ood_dirs = ood_folders(args.ood, p.error)
     args.distill_sets = [n for n in args.distill_text.split(",") if n]
     unknown = sorted(set(args.distill_sets) - {"stsb", "sickr"})
     if unknown:
@@ -143,7 +153,8 @@ def check_workdir_args(args, wd):
     """The options this workdir was started with, recorded on the first run; a rerun must ask for the same."""
     path = os.path.join(wd, "args.json")
     # what only adds or skips a stage, and never changes a finished one, may differ between reruns
-    skip = ("workdir", "no_ablation", "no_student", "eval_model", "eval_models", "distill_sets")  # derived
+    skip = ("workdir", "no_ablation", "no_student", "eval_model", "eval_models", "ood", "ood_dirs",
+            "distill_sets")  # the last ones derived
     now = {k: v for k, v in vars(args).items() if k not in skip}
     if not os.path.exists(path):
         write_text_atomic(path, json.dumps(now, indent=1))
@@ -270,34 +281,22 @@ def run_train(config_file, overrides, workdir, stage_log):
 
 
 def evaluate(model_dir, held, args, cache):
-    """Rows of eval.local for one model, cached as JSON (the slow part of a resumed run is skipped)."""
-    from bitembed_jax.io.model_dir import fingerprint
+    """Rows of eval.local for one model in domain, cached (the slow part of a resumed run is skipped)."""
+    def compute():
+        from bitembed_jax.encode import Encoder
+        from bitembed_jax.eval.local import RetrievalData, evaluate_retrieval, evaluate_sts, read_sts
 
-    want = fingerprint(model_dir)
-    if os.path.exists(cache):
-        with open(cache) as f:
-            out = json.load(f)
-        # the same contents anywhere (a copied teacher); a cache from before contents were recorded: the same path
-        same = out["fingerprint"] == want if "fingerprint" in out else out.get("model", model_dir) == model_dir
-        if not same:
-            raise SystemExit(f"{cache} holds the figures of {out.get('model')} with other contents than {model_dir} "
-                             "has now: use another NAME, or move the file aside to evaluate again")
-        return out
-    from bitembed_jax.encode import Encoder
-    from bitembed_jax.eval.local import RetrievalData, evaluate_retrieval, evaluate_sts, read_sts
+        enc = Encoder.from_pretrained(model_dir, max_length=args.eval_max_length)
+        data = RetrievalData("heldout", held["corpus_ids"], held["corpus"], held["query_ids"], held["queries"],
+                             {q: dict(r) for q, r in held["qrels"].items()}, 0)
+        rows = evaluate_retrieval(enc, data, PRECISIONS, query_prompt=enc.prompts.get("query", ""))
+        for name, limit in (("stsb", None), ("sickr", args.sick_limit)):
+            sts = read_sts(os.path.join(SHARED, name, "sts.tsv"), limit=limit)
+            sts.name = name
+            rows += evaluate_sts(enc, sts, PRECISIONS)
+        return rows
 
-    enc = Encoder.from_pretrained(model_dir, max_length=args.eval_max_length)
-    t0 = time.perf_counter()
-    data = RetrievalData("heldout", held["corpus_ids"], held["corpus"], held["query_ids"], held["queries"],
-                         {q: dict(r) for q, r in held["qrels"].items()}, 0)
-    rows = evaluate_retrieval(enc, data, PRECISIONS, query_prompt=enc.prompts.get("query", ""))
-    for name, limit in (("stsb", None), ("sickr", args.sick_limit)):
-        sts = read_sts(os.path.join(SHARED, name, "sts.tsv"), limit=limit)
-        sts.name = name
-        rows += evaluate_sts(enc, sts, PRECISIONS)
-    out = {"rows": rows, "seconds": time.perf_counter() - t0, "model": model_dir, "fingerprint": want}
-    write_text_atomic(cache, json.dumps(out, indent=1))
-    return out
+    return cached_eval(model_dir, cache, compute)
 
 
 def _lr(v):
@@ -334,7 +333,7 @@ def _text_label(args):
             "removed)") if args.distill_text else ""
 
 
-def report(results, times, args, n_train, held) -> str:
+def report(results, times, args, n_train, held, ood=None) -> str:
     import jax
 
     datasets = [("heldout", "retrieval nDCG@10"), ("stsb", "STS-B test Spearman"),
@@ -350,6 +349,8 @@ def report(results, times, args, n_train, held) -> str:
              f"{_init_label(args)}{_ablation_label(args)}; {_distill_label(args)}{warm}{_text_label(args)}; "
              f"hardware: {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.devices()[0].platform}.", ""]
+    if ood:  # out-of-domain retention first: the in-domain split can flatter the student
+        lines += ood_report(ood, [m for m in (*MODELS, *extra) if m in ood], LABELS)
     for ds, title in datasets:
         lines += [f"**{title}**", "", "| model | " + " | ".join(PRECISIONS) + " |",
                   "|---|" + "---:|" * len(PRECISIONS)]
@@ -417,10 +418,13 @@ def main(argv=None):
     ft = [f"--config.train.num_steps={args.finetune_steps}", *lr(args.finetune_lr),
           f"--config.train.quant_warmup_steps={args.quant_warmup}", f"--config.data.train_files=['{ft_file}']", *seeds]
     dirs = {"teacher": teacher, "student_pretrain": pre if args.pretrain_steps > 0 else None}
-    results = {}
+    results, ood = {}, {}
 
     def evaluated(m):  # right after each model is trained, so a long run has its first figures early
         results[m] = timed(f"eval {m}", lambda: evaluate(dirs[m], held, args, os.path.join(wd, f"eval_{m}.json")))
+        for name, folder in args.ood_dirs:
+            ood.setdefault(m, {})[name] = timed(f"eval {m} on {name}", lambda: evaluate_ood(
+                dirs[m], folder, args.eval_max_length, os.path.join(wd, f"eval_{m}_ood_{name}.json")))["rows"]
 
     for m in ("teacher", "student_pretrain"):
         if dirs[m]:
@@ -441,7 +445,7 @@ def main(argv=None):
     for name, folder in args.eval_models:
         dirs[name] = folder
         evaluated(name)
-    text = report(results, times, args, len(train_rows), held)
+    text = report(results, times, args, len(train_rows), held, ood)
     write_text_atomic(os.path.join(wd, "report.md"), text + "\n")
     print(text)
 

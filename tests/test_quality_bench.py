@@ -211,3 +211,74 @@ def test_an_eval_cache_is_never_reused_for_another_model(bench, tmp_path):
     (a / "bitembed_config.json").write_text("model a, retrained in place")
     with pytest.raises(SystemExit, match=f"holds the figures of {a} with other contents than {a} has now"):
         bench.evaluate(str(a), {}, None, str(cache))
+
+
+def _beir(root, name):
+    from tests.test_eval import write_beir
+
+    return str(write_beir(root / name))
+
+
+@pytest.mark.parametrize("make, named", [(lambda t: str(t), "not a BEIR folder (missing corpus.jsonl"),
+                                         (lambda t: [_beir(t / "a", "cisi"), _beir(t / "b", "cisi")],
+                                          "two folders named 'cisi'")])
+def test_bad_ood_folders_stop_before_the_workdir_is_made(bench, tmp_path, capsys, make, named):
+    folders = make(tmp_path)
+    flags = [x for d in (folders if isinstance(folders, list) else [folders]) for x in ("--ood", d)]
+    with pytest.raises(SystemExit):
+        bench.main(["--workdir", str(tmp_path / "run"), *flags])
+    assert named in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def _ood_rows(score):
+    from bitembed_jax.choices import PRECISIONS
+
+    return [{"precision": p, "ndcg_at_10": score, "recall_at_100": 2 * score} for p in PRECISIONS]
+
+
+def test_every_stage_is_scored_out_of_domain_and_the_report_leads_with_it(bench, tmp_path, monkeypatch):
+    folders = {}
+    for name in ("teacher", "start"):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        (folders[name] / "bitembed_config.json").write_text("{}")
+    ood = [_beir(tmp_path, "cisi"), _beir(tmp_path, "other")]
+    monkeypatch.setattr(bench, "split", lambda args, wd: (str(tmp_path / "train.jsonl"), {"queries": ["q"],
+                                                                                          "corpus": ["d"]}))
+    (tmp_path / "train.jsonl").write_text("{}\n")
+    monkeypatch.setattr(bench, "run_train", lambda cfg, overrides, wd, log: wd)
+    monkeypatch.setattr(bench, "evaluate", lambda *a: {"rows": [
+        {"dataset": ds, "precision": p, "score": 0.5, "bytes_per_vector": 4}
+        for ds in ("heldout", "stsb", "sickr") for p in bench.PRECISIONS]})
+    scored = []
+
+    def fake_ood(model_dir, folder, max_length, cache):
+        scored.append((os.path.basename(model_dir), os.path.basename(folder), max_length))
+        return {"rows": _ood_rows(0.2 if model_dir.endswith("teacher") else 0.1)}
+
+    monkeypatch.setattr(bench, "evaluate_ood", fake_ood)
+    wd = tmp_path / "run"
+    bench.main(["--workdir", str(wd), "--teacher", str(folders["teacher"]), "--student-init", str(folders["start"]),
+                "--pretrain-steps", "0", *[x for d in ood for x in ("--ood", d)]])
+    assert scored == [(m, ds, 128) for m in ("teacher", "student", "ablation") for ds in ("cisi", "other")]
+    report = (wd / "report.md").read_text()
+    lead = report.split("\n\n")[1]  # the first section after the header line
+    assert lead.startswith("**Out of domain: share of the teacher's score**")
+    assert "| cisi | nDCG@10 | student / teacher | 50.0% | 50.0% | 50.0% | 50.0% | 50.0% |" in report
+    assert "| other | Recall@100 | ablation / teacher | 50.0% |" in report
+    assert report.index("Out of domain") < report.index("retrieval nDCG@10")
+
+
+def test_evaluate_ood_scores_every_precision_once_per_model(bench, tiny_qwen3, tmp_path, monkeypatch):
+    from bitembed_jax.choices import PRECISIONS
+    from bitembed_jax.convert.hf_import import convert
+    from bitembed_jax.encode import Encoder
+
+    model = convert(tiny_qwen3, str(tmp_path / "m"), mode="bitnet")
+    cache = str(tmp_path / "eval_m_ood_beir.json")
+    beir = _beir(tmp_path, "beir")
+    out = bench.evaluate_ood(model, beir, 32, cache)
+    assert [r["precision"] for r in out["rows"]] == list(PRECISIONS)
+    assert all(0 <= r["ndcg_at_10"] <= 1 and 0 <= r["recall_at_100"] <= 1 for r in out["rows"])
+    monkeypatch.setattr(Encoder, "from_pretrained", lambda *a, **k: pytest.fail("a cached evaluation is reused"))
+    assert bench.evaluate_ood(model, beir, 32, cache)["rows"] == out["rows"]
