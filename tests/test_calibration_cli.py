@@ -158,3 +158,31 @@ def test_eval_compares_calibrations_and_names_models_by_folder(plain_dir, calibr
     rows = json.loads((tmp_path / "o2" / "results.json").read_text())["rows"]
     assert [(r["model"], r["role"]) for r in rows] == [("bitnet", "model")]  # a folder without statistics
     assert "calibration |" not in (tmp_path / "o2" / "summary.md").read_text()
+
+
+def test_shards_of_one_corpus_keep_their_calibration_and_refuse_mixed_ones(tmp_path):
+    from bitembed_jax.io.embeddings import load_embeddings, save_vectors, write_manifest
+
+    x = np.random.default_rng(0).normal(size=(6, 8)).astype(np.float32)
+    cal = Calibration.fit(x, "standardize")
+    for i, part in enumerate((x[:4], x[4:])):
+        save_vectors(str(tmp_path / f"s{i}.npz"), encode_storage(part, "int4", calibration=cal))
+    write_manifest(str(tmp_path / "m.json"), [{"file": "s0.npz", "rows": 4}, {"file": "s1.npz", "rows": 2}], "int4", 8)
+    whole = load_embeddings(str(tmp_path / "m.json"))
+    assert whole.calibration.same_as(cal)
+    np.testing.assert_array_equal(whole.codes, encode_storage(x, "int4", calibration=cal).codes)
+    save_vectors(str(tmp_path / "s1.npz"), encode_storage(x[4:], "int4", calibration=Calibration.fit(x[:3])))
+    with pytest.raises(ValueError, match="shards were coded with different calibrations"):
+        load_embeddings(str(tmp_path / "m.json"))
+
+
+def test_calibrate_on_input_is_refused_across_processes():
+    from types import SimpleNamespace
+
+    from bitembed_jax.cli_encode import encode_calibration
+
+    args = SimpleNamespace(calibrate_on_input=True, no_calibration=False, calibration_from=None,
+                           calibration_method=None, precision="int8")
+    assert encode_calibration(args, 1) == "input"
+    with pytest.raises(ValueError, match="every shard must be coded with one calibration"):
+        encode_calibration(args, 4)
