@@ -4,7 +4,10 @@ process is killed.
 
     python bench/multihost.py --init-from ENCODER [--steps 60] [--heartbeat 20]
 
-CPU collectives over gloo are slow: the point is that the numbers agree and that nothing hangs.
+CPU collectives over gloo are slow: the point is that the numbers agree and that nothing hangs. The quickstart
+is a BitNet model: the all-reduce across processes sums in another order than one process does, which can flip
+an int8/ternary rounding a few steps in, and such flips compound (tests/test_multihost.py compares fp runs to
+1e-5), so the table says through which step the losses agree to 1e-5.
 """
 import argparse
 import json
@@ -85,11 +88,13 @@ def main(argv=None):
     root = args.workdir or tempfile.mkdtemp(prefix="bench-multihost-")
     results = [run_layout(p, d, root, args.init_from, args.steps) for p, d in ((1, 8), (2, 4), (4, 2))]
     ref = results[0]["losses"]
-    print("| processes x devices | wall (s) | median step (s) | max |loss - 1 x 8 loss| |")
-    print("|---|---:|---:|---:|")
+    print("| processes x devices | wall (s) | median step (s) | loss equal to 1 x 8 (1e-5) through step | "
+          "max |loss - 1 x 8| |")
+    print("|---|---:|---:|---:|---:|")
     for r in results:
-        diff = max(abs(a - b) for a, b in zip(r["losses"], ref))
-        print(f"| {r['layout']} | {r['wall_s']:.1f} | {r['median_step_s']:.2f} | {diff:.1e} |")
+        diffs = [abs(a - b) for a, b in zip(r["losses"], ref)]
+        through = next((i for i, d in enumerate(diffs) if d > 1e-5), len(diffs))
+        print(f"| {r['layout']} | {r['wall_s']:.1f} | {r['median_step_s']:.2f} | {through} | {max(diffs):.1e} |")
     lost = lost_host(root, args.init_from, args.steps, args.heartbeat)
     print(f"\nkill -9 of process 1 of 2: everything stopped after {lost['survivors_stopped_after_s']:.1f} s "
           f"(heartbeat timeout {lost['heartbeat_timeout_s']} s); {lost['message']}")
