@@ -15,7 +15,7 @@ INIT_CHOICES = {"mode": MODES, "norm": NORMS, "act_bits": ACT_BITS, "attention":
 
 # output embedding precisions, from widest to narrowest
 PRECISIONS = ("fp32", "int8", "int4", "int2", "binary")
-EXPORT_FORMATS = ("bitnet-2bit", "base3")
+EXPORT_FORMATS = ("bitnet-2bit", "base3", "onnx")
 LINEAR_CLASSES = ("bitlinear", "autobitlinear")
 TRAINING_STAGES = ("pretrain", "finetune")
 
