@@ -63,12 +63,18 @@ def rms_norm(g: Graph, x: str, weight: np.ndarray, eps: float, offset: bool, nam
 
 def absmax_codes(g: Graph, x: str, bits: int, eps: float) -> tuple[str, str]:
     """(uint8 codes + ZERO_POINT, per-token float scale s) of ``quant.activation.absmax_int``:
-    s = Qb / max(max|x|, eps), q = clip(round(x * s), -Qb - 1, Qb); Round is half-to-even in both."""
+    s = Qb / max(max|x|, eps), q = clip(round(x * s), -Qb - 1, Qb).
+
+    max|x| is max(max x, -min x): two reductions that only read x, instead of an Abs tensor written and read.
+    The codes come from QuantizeLinear(x * s, scale 1, zero point 128): it rounds half to even as jnp.round
+    does, and in one pass shifts and casts. Its saturation to [0, 255] is the clip: |x * s| <= Qb (1 + 2^-23)
+    rounds to at most Qb, so JAX's clip never binds either and the codes are JAX's exactly."""
     qb = 2 ** (bits - 1) - 1
-    amax = g.op("ReduceMax", g.op("Abs", x), g.axes(-1), keepdims=1)
+    amax = g.op("Max", g.op("ReduceMax", x, g.axes(-1), keepdims=1),
+                g.op("Neg", g.op("ReduceMin", x, g.axes(-1), keepdims=1)))
     s = g.op("Div", g.const(qb), g.op("Max", amax, g.const(eps)))
-    q = g.op("Clip", g.op("Round", g.op("Mul", x, s)), g.const(-qb - 1), g.const(qb))
-    return g.op("Cast", g.op("Add", q, g.const(ZERO_POINT)), to=TensorProto.UINT8), s
+    codes = g.op("QuantizeLinear", g.op("Mul", x, s), g.const(1.0), g.const(ZERO_POINT, np.uint8))
+    return codes, s
 
 
 def ternary_matmul(g: Graph, x: str, codes: np.ndarray, gamma: np.ndarray, bits: int, eps: float,
@@ -79,8 +85,9 @@ def ternary_matmul(g: Graph, x: str, codes: np.ndarray, gamma: np.ndarray, bits:
     qx, s = absmax_codes(g, x, bits, eps)
     w = g.tensor(np.asarray(codes, np.int8), name + ".codes")
     acc = g.op("MatMulInteger", qx, w, g.const(ZERO_POINT, np.uint8))
-    y = g.op("Div", g.op("Cast", acc, to=F32), s)
-    return g.op("Mul", y, g.tensor(np.asarray(gamma, np.float32), name + ".scale"))
+    # one pass over the output: acc * (gamma / s) rather than JAX's (acc / s) * gamma (an ulp apart)
+    rescale = g.op("Div", g.tensor(np.asarray(gamma, np.float32), name + ".scale"), s)
+    return g.op("Mul", g.op("Cast", acc, to=F32), rescale)
 
 
 def linear(g: Graph, x: str, lin: dict, *, act_bits: int, act_eps: float, norm_eps: float, name: str) -> str:
@@ -100,17 +107,18 @@ def linear(g: Graph, x: str, lin: dict, *, act_bits: int, act_eps: float, norm_e
 
 
 def rope_tables(g: Graph, positions: str, inv_freq: np.ndarray) -> tuple[str, str]:
-    """cos, sin (T, head_dim) of ``models.attention.rope_cos_sin``; ``positions`` float32 (T, 1)."""
+    """cos (T, head_dim) of ``models.attention.rope_cos_sin`` and its sin with the first half negated
+    (rotate_half's sign, moved from every q and k onto the table: exact); ``positions`` float32 (T, 1)."""
     freqs = g.op("Mul", positions, g.tensor(np.asarray(inv_freq, np.float32)[None, :], g._name("inv_freq")))
-    emb = g.op("Concat", freqs, freqs, axis=-1)
-    return g.op("Cos", emb), g.op("Sin", emb)
+    sin = g.op("Sin", freqs)
+    return g.op("Cos", g.op("Concat", freqs, freqs, axis=-1)), g.op("Concat", g.op("Neg", sin), sin, axis=-1)
 
 
-def apply_rope(g: Graph, x: str, cos: str, sin: str) -> str:
-    """x * cos + rotate_half(x) * sin over the last axis (HF's rotate-half layout)."""
+def apply_rope(g: Graph, x: str, cos: str, signed_sin: str) -> str:
+    """x * cos + rotate_half(x) * sin over the last axis (HF's rotate-half layout: rotate_half(x) * sin =
+    [x2, x1] * [-sin, sin])."""
     x1, x2 = g.op("Split", x, axis=-1, num_outputs=2, outputs=2)
-    rotated = g.op("Concat", g.op("Neg", x2), x1, axis=-1)
-    return g.op("Add", g.op("Mul", x, cos), g.op("Mul", rotated, sin))
+    return g.op("Add", g.op("Mul", x, cos), g.op("Mul", g.op("Concat", x2, x1, axis=-1), signed_sin))
 
 
 def position_mask(g: Graph, positions: str, *, causal: bool, window: int | None) -> str | None:
