@@ -1,14 +1,17 @@
 """``OnnxEncoder``: ``encode.Encoder``'s interface over an ONNX export folder, run by onnxruntime.
 
-It imports neither JAX nor PyTorch for float vectors: the exported tokenizer appends EOS itself and gives
+It imports no JAX: the exported tokenizer appends EOS itself and gives
 exactly the ids our ``Tokenize`` feeds the JAX model (``st_files.write_tokenizer`` checks this at export),
-so plain tokenizer calls do. Stored precisions go through ``quant.embedding.model_storage`` with the scales
+so plain tokenizer calls do. Stored precisions go through ``quant.storage.model_storage`` with the scales
 the model folder calibrated, as ``Encoder.encode`` does.
 """
 import json
 import os
 
 import numpy as np
+
+from bitembed_jax.choices import DEFAULT_MAX_LENGTH
+from bitembed_jax.quant.storage import model_storage
 
 CONFIG_NAME = "bitembed_config.json"  # io.model_dir.CONFIG_NAME, without importing JAX
 
@@ -52,7 +55,7 @@ class OnnxEncoder:
 
         self.meta = read_onnx_export(path)
         self.hidden_size = int(self.meta["model"]["hidden_size"])
-        self.max_length = int(max_length or self.meta.get("max_length", 512))
+        self.max_length = int(max_length or self.meta.get("max_length") or DEFAULT_MAX_LENGTH)
         self.prompts = self.meta.get("prompts") or {}
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.session = ort.InferenceSession(os.path.join(path, self.meta["export"]["file"]),
@@ -75,7 +78,7 @@ class OnnxEncoder:
 
     def encode(self, texts, *, batch_size: int = 32, prompt: str | None = None, precision: str = "fp32",
                dim: int | None = None, show_progress: bool = False):
-        """Embeddings of ``texts``: float32 (n, d) for fp32, else storage-ready codes (see quant.embedding)."""
+        """Embeddings of ``texts``: float32 (n, d) for fp32, else storage-ready codes (see quant.storage)."""
         if isinstance(texts, str):
             raise TypeError("encode expects a list of strings, got a single string")
         texts = [(prompt or "") + t for t in texts]
@@ -88,5 +91,4 @@ class OnnxEncoder:
         vecs = np.concatenate([self.embed(*self.tokenize(texts[s: s + batch_size])) for s in steps])
         if precision == "fp32" and dim is None:
             return vecs
-        from bitembed_jax.quant.embedding import model_storage
         return model_storage(vecs, precision, self.meta, dim)
