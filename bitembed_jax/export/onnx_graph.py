@@ -66,11 +66,23 @@ class Params:
 
 class _Builder:
     """Adds one encoder's layers to a Graph, following ``models/qwen3.py``, ``models/gemma3.py`` and
-    ``models/blocks.py``."""
+    ``models/blocks.py``.
+
+    The residual stream is kept as tokens (B * T, hidden): 2-D operands for the matmuls, and one token axis
+    along which DequantizeLinear rescales the integer products. Attention and the outputs reshape to
+    (B, T, ...) with the batch shape of the input ids."""
 
     def __init__(self, g: Graph, cfg, params: Params):
         self.g, self.cfg, self.p = g, cfg, params
         self.offset = cfg.arch == "gemma3"  # Gemma's norms are x * (1 + w)
+        self.batch_shape = None  # Shape(input_ids): (B, T)
+        self._shapes = {}
+
+    def shape(self, *dims: int) -> str:
+        """(B, T, *dims) as a shape tensor (one node per distinct dims)."""
+        if dims not in self._shapes:
+            self._shapes[dims] = self.g.op("Concat", self.batch_shape, self.g.const(list(dims), np.int64), axis=0)
+        return self._shapes[dims]
 
     def norm(self, x: str, path: str, offset: bool | None = None) -> str:
         offset = self.offset if offset is None else offset
@@ -86,9 +98,9 @@ class _Builder:
         return self.norm(x, path, offset=False) if self.p.get(path + ".weight") is not None else x
 
     def heads(self, x: str, path: str, n: int, norm: str | None) -> str:
-        """(B, T, n * D) -> (B, n, T, D), with the per-head QK norm first where given."""
+        """tokens (B * T, n * D) -> (B, n, T, D), with the per-head QK norm first where given."""
         g, d = self.g, self.cfg.head_dim
-        x = g.op("Reshape", self.linear(x, path), g.const([0, 0, n, d], np.int64))
+        x = g.op("Reshape", self.linear(x, path), self.shape(n, d))
         if norm is not None:
             x = self.norm(x, norm)
         return g.op("Transpose", x, perm=[0, 2, 1, 3])
@@ -167,7 +179,9 @@ class _Builder:
 
     def encoder(self, ids: str, attention_mask: str) -> tuple[str, str]:
         g, cfg = self.g, self.cfg
+        self.batch_shape = g.op("Shape", ids)
         x = g.op("Gather", g.tensor(self.p["embed_tokens.embedding"], "embed_tokens.embedding"), ids)
+        x = g.op("Reshape", x, g.const([-1, cfg.hidden_size], np.int64))
         if cfg.arch == "gemma3":
             # HF casts the scale to the embedding dtype before multiplying
             x = g.op("Mul", x, g.const(np.float32(cfg.hidden_size ** 0.5)))
@@ -175,7 +189,7 @@ class _Builder:
         for i in range(cfg.num_layers):
             kind = cfg.layer_type(i)
             x = self.layer(x, i, ropes[kind], masks[kind])
-        hidden = self.norm(x, "norm")
+        hidden = g.op("Reshape", self.norm(x, "norm"), self.shape(cfg.hidden_size))
         return hidden, self.pool(hidden, attention_mask)
 
 

@@ -79,19 +79,26 @@ def absmax_codes(g: Graph, x: str, bits: int, eps: float) -> tuple[str, str]:
 
 def ternary_matmul(g: Graph, x: str, codes: np.ndarray, gamma: np.ndarray, bits: int, eps: float,
                    name: str) -> str:
-    """``quant.bitmatmul.code_matmul``: (Qx @ Qw) / s * gamma, Qx @ Qw exact in int32 via MatMulInteger.
+    """``quant.bitmatmul.code_matmul`` on tokens x (N, in): (Qx @ Qw) / s * gamma, with Qx @ Qw exact in int32
+    (MatMulInteger, uint8 x int8: ONNX Runtime's fast integer kernel).
 
-    ``codes``: int8 ternary weights (in, out); ``gamma``: float32 scale, () or (1, out)."""
+    ``codes``: int8 ternary weights (in, out); ``gamma``: float32 scale, () or (1, out). The int32 products
+    are cast and rescaled in one pass by DequantizeLinear along the tokens, as acc * (gamma / s): an ulp
+    from JAX's (acc / s) * gamma."""
     qx, s = absmax_codes(g, x, bits, eps)
     w = g.tensor(np.asarray(codes, np.int8), name + ".codes")
     acc = g.op("MatMulInteger", qx, w, g.const(ZERO_POINT, np.uint8))
-    # one pass over the output: acc * (gamma / s) rather than JAX's (acc / s) * gamma (an ulp apart)
-    rescale = g.op("Div", g.tensor(np.asarray(gamma, np.float32), name + ".scale"), s)
-    return g.op("Mul", g.op("Cast", acc, to=F32), rescale)
+    gamma = np.asarray(gamma, np.float32)
+    if gamma.size == 1:
+        rescale = g.op("Reshape", g.op("Div", g.tensor(gamma.reshape(()), name + ".scale"), s), g.const([-1], np.int64))
+        return g.op("DequantizeLinear", acc, rescale, axis=0)
+    per_row = g.op("DequantizeLinear", acc, g.tensor(gamma.reshape(-1), name + ".scale"), axis=1)
+    return g.op("Div", per_row, s)
 
 
 def linear(g: Graph, x: str, lin: dict, *, act_bits: int, act_eps: float, norm_eps: float, name: str) -> str:
-    """One BitLinear (``layers/bitlinear.py``): [per-linear RMSNorm], ternary codes or fp32 matmul, [bias].
+    """One BitLinear (``layers/bitlinear.py``) on tokens x (N, in): [per-linear RMSNorm], ternary codes or
+    fp32 matmul, [bias].
 
     ``lin``: {"kernel": float32 (in, out)} for fp, or {"codes", "gamma"} for ternary, plus optional
     "norm" (the inserted RMSNorm's weight) and "bias"."""
@@ -142,10 +149,10 @@ def gqa_attention(g: Graph, q: str, k: str, v: str, mask: str, scale: float, num
 
     q: (B, Hkv, rep, T, D); k, v: (B, Hkv, 1, T, D) (broadcast over the rep query heads of each kv head
     instead of repeated: query head h = g * rep + r reads kv head g, as jnp.repeat does); mask: bool,
-    broadcastable to (B, Hkv, rep, T, T); masked logits become float32's min, as in JAX. Returns
-    (B, T, H * D)."""
+    broadcastable to (B, Hkv, rep, T, T); masked logits become float32's min, as in JAX. Returns the
+    tokens (B * T, H * D)."""
     logits = g.op("Mul", g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 2, 4, 3])), g.const(scale))
     logits = g.op("Where", mask, logits, g.const(np.finfo(np.float32).min))
     out = g.op("MatMul", g.op("Softmax", logits, axis=-1), v)
     out = g.op("Transpose", g.op("Reshape", out, g.const([0, num_heads, -1, head_dim], np.int64)), perm=[0, 2, 1, 3])
-    return g.op("Reshape", out, g.const([0, 0, num_heads * head_dim], np.int64))
+    return g.op("Reshape", out, g.const([-1, num_heads * head_dim], np.int64))
