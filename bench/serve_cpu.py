@@ -66,7 +66,7 @@ def _qwen3_folders(workdir: str) -> tuple[str, str]:
     from types import SimpleNamespace
 
     from bitembed_jax.convert.fp_to_bitnet import fp_to_bitnet
-    from bitembed_jax.convert.hf_import import model_config_from_hf
+    from bitembed_jax.convert.hf_config import from_hf_config
     from bitembed_jax.io.model_dir import save_model_dir
     from bitembed_jax.models import build_model
     from bitembed_jax.models.presets import PRESETS
@@ -75,7 +75,7 @@ def _qwen3_folders(workdir: str) -> tuple[str, str]:
     fp_dir, bit_dir = os.path.join(workdir, "qwen3-0.6b-fp"), os.path.join(workdir, "qwen3-0.6b-bitnet")
     if not os.path.exists(os.path.join(bit_dir, "bitembed_config.json")):
         hf = dict(PRESETS["Qwen/Qwen3-0.6B"], eos_token_id=EOS_ID, pad_token_id=PAD_ID)
-        cfg = model_config_from_hf(hf, "preset Qwen/Qwen3-0.6B", mode="fp")
+        cfg = from_hf_config(hf, "preset Qwen/Qwen3-0.6B", mode="fp")
         model = build_model(cfg, seed=0)
         tok = _tokenizer_dir(workdir)
         save_model_dir(fp_dir, model, cfg, tokenizer_dir=tok, overwrite=True)

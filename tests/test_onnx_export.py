@@ -15,7 +15,7 @@ from bitembed_jax.convert.hf_import import convert
 from bitembed_jax.encode import Encoder
 from bitembed_jax.export.hf_export import export
 from bitembed_jax.export.onnx_runtime import OnnxEncoder
-from bitembed_jax.io.model_dir import load_model_dir
+from bitembed_jax.io.load import load_model_dir
 from bitembed_jax.models import embed
 from bitembed_jax.quant.storage import decode_storage
 

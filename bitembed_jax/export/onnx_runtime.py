@@ -1,9 +1,9 @@
 """``OnnxEncoder``: ``encode.Encoder``'s interface over an ONNX export folder, run by onnxruntime.
 
-It imports no JAX: the exported tokenizer appends EOS itself and gives
-exactly the ids our ``Tokenize`` feeds the JAX model (``st_files.write_tokenizer`` checks this at export),
-so plain tokenizer calls do. Stored precisions go through ``quant.storage.model_storage`` with the scales
-the model folder calibrated, as ``Encoder.encode`` does.
+It imports no JAX: the exported tokenizer appends EOS itself and gives exactly the ids our ``Tokenize`` feeds
+the JAX model (``st_files.write_tokenizer`` checks this at export), so plain tokenizer calls do. Stored
+precisions go through ``quant.storage.model_storage`` with the scales the model folder calibrated, as
+``Encoder.encode`` does.
 """
 import json
 import os
