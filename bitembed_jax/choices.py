@@ -22,7 +22,7 @@ PRECISIONS = ("fp32", "int8", "int4", "int2", "binary")
 # per-dimension calibration of the int/binary codes (quant.calibration), and where eval takes it from
 CALIBRATION_METHODS = ("standardize", "range")
 CALIBRATION_SOURCES = ("model", "none", "corpus")
-EXPORT_FORMATS = ("bitnet-2bit", "base3")
+EXPORT_FORMATS = ("bitnet-2bit", "base3", "onnx")
 LINEAR_CLASSES = ("bitlinear", "autobitlinear")
 TRAINING_STAGES = ("pretrain", "finetune")
 

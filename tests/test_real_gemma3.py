@@ -137,3 +137,24 @@ def test_fp_forward_beyond_sliding_window(gemma3, fp_model):
     assert ids.shape[1] == 600
     ref = _torch_hidden(ref_model, ids, mask)[0]
     _assert_close(np.asarray(_forward(fp_model, ids, mask))[0], ref)
+
+
+def test_onnx_export_serves_the_same_vectors(gemma3, fp_model, converted, tmp_path):
+    """The ONNX export of the real conversion (262k vocab, 5:1 sliding layers, window 512): onnxruntime's
+    vectors equal Encoder.encode's, and its hidden states the JAX forward's past the window (600 tokens).
+    The ternary path is covered on tiny models (tests/test_onnx_export.py): a fresh ternary conversion of this
+    Q4 GGUF is too sensitive for a cosine check: JAX differs from itself at another padding width."""
+    import onnxruntime as ort
+
+    from bitembed_jax.export.onnx_runtime import OnnxEncoder
+
+    out = str(tmp_path / "onnx")
+    assert cli(["export", "--checkpoint", converted, "--out", out, "--format", "onnx"]) == 0
+    got = OnnxEncoder(out).encode(TEXTS)
+    want = Encoder.from_pretrained(converted).encode(TEXTS)
+    assert (got * want).sum(1).min() >= 0.9999
+    ids = gemma3[1](" ".join(TEXTS * 60), return_tensors="np")["input_ids"][:, :600]
+    mask = np.ones_like(ids)
+    sess = ort.InferenceSession(os.path.join(out, "onnx", "model.onnx"), providers=["CPUExecutionProvider"])
+    hidden = sess.run(["last_hidden_state"], {"input_ids": ids.astype(np.int64), "attention_mask": mask})[0]
+    _assert_close(hidden[0], np.asarray(_forward(fp_model, ids.astype(np.int32), mask.astype(np.int32)))[0])

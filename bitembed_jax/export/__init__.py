@@ -1,1 +1,1 @@
-"""Export formats: packed ternary weights."""
+"""Export formats: packed ternary weights (bitnet-2bit, base3) and the ONNX graph (onnx)."""

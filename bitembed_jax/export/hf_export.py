@@ -165,6 +165,8 @@ def export(checkpoint_dir: str, out_dir: str, *, fmt: str = "bitnet-2bit", overw
 
     fmt: "bitnet-2bit" (PyTorch: transformers' BitNet integration, sentence-transformers) or "base3"
       (bitembed-jax, 1.6 bits per weight, any norm layout). See the module docstring for both layouts.
+      "onnx" (fp or bitnet models, any layout; ``onnx_export``): ONNX Runtime / sentence-transformers' ONNX
+      backend, ternary linears as integer matmuls.
     Refused for bitnet-2bit, with the reason: norm="subln" (transformers has no place for SubLN's o_proj /
       down_proj norms: use base3, or a per_linear model), 4-bit activations, per-row scales, int8
       embeddings, out_features not divisible by 4. fp models are refused for both formats.
@@ -196,6 +198,11 @@ def export(checkpoint_dir: str, out_dir: str, *, fmt: str = "bitnet-2bit", overw
         raise ValueError(f"--out {out_dir} overlaps the checkpoint {checkpoint_dir}; export to another folder")
     check_writable(out_dir, overwrite)
     cfg, meta = read_config(checkpoint_dir)
+    if fmt == "onnx":  # fp or bitnet, any layout: the graph computes the model as it is
+        from bitembed_jax.export.onnx_export import write_onnx_export
+        write_onnx_export(checkpoint_dir, out_dir, cfg, meta, max_length=max_length, dtype=dtype,
+                          int8_embeddings=int8_embeddings)
+        return _push(out_dir, push_to_hub, private, hub_client, log)
     why = refusal(cfg, fmt, int8_embeddings=int8_embeddings)
     if why:
         raise ValueError(f"cannot export {checkpoint_dir} as {fmt}: {why}")
@@ -236,6 +243,10 @@ def export(checkpoint_dir: str, out_dir: str, *, fmt: str = "bitnet-2bit", overw
             raise RuntimeError(f"internal: size accounting {sizes['components']} != written {tensor_sizes(tensors)}")
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
             f.write(model_card(cfg, meta, fmt, sizes, linear_class=linear_class))
+    return _push(out_dir, push_to_hub, private, hub_client, log)
+
+
+def _push(out_dir: str, push_to_hub: str | None, private: bool, hub_client, log) -> str:
     if push_to_hub is not None:
         from bitembed_jax.export.hub import push_to_hub as push
         push(out_dir, push_to_hub, private=private, client=hub_client, log=log)

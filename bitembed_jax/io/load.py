@@ -86,6 +86,9 @@ def load_export(path: str, **overrides):
     cfg, meta = read_config(path)
     info = meta.get("export") or {}
     fmt, version = info.get("format"), int(info.get("version", 1))
+    if fmt == "onnx":
+        raise ValueError(f"{path} is an ONNX export: run it with onnxruntime (bitembed_jax.export.onnx_runtime."
+                         "OnnxEncoder) or SentenceTransformer(path, backend='onnx')")
     if fmt not in ("base3", "bitnet-2bit"):
         raise ValueError(f"{path} is not an export folder (bitembed_config.json has no export section); "
                          "model folders load with bitembed_jax.io.load.load_model_dir")

@@ -3,11 +3,15 @@ import jax
 import jax.numpy as jnp
 
 
+def rope_inv_freq(head_dim: int, theta: float, factor: float = 1.0):
+    """The (head_dim / 2,) float32 frequencies of the rotary angles (the ONNX export reuses them)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    return inv_freq / factor
+
+
 def rope_cos_sin(positions, head_dim: int, theta: float, factor: float = 1.0):
     """cos/sin of shape positions.shape + (head_dim,), HF's rotate-half layout."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    inv_freq = inv_freq / factor
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    freqs = positions.astype(jnp.float32)[..., None] * rope_inv_freq(head_dim, theta, factor)
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
 

@@ -1,0 +1,122 @@
+"""``export --format onnx``: a folder that ONNX Runtime and sentence-transformers' ONNX backend serve.
+
+Layout (sentence-transformers' and optimum's): ``onnx/model.onnx`` (the graph of ``onnx_graph``; its weights
+go to ``onnx/model.onnx_data`` beside it when the file would pass protobuf's 2 GB limit), ``config.json``
+(the architecture's Hugging Face config, which optimum reads), the tokenizer (made to append EOS for
+last-token pooling, see ``st_files``), the sentence-transformers module files with the prompts,
+``bitembed_config.json`` (our config + an ``export`` section; ``onnx_runtime.OnnxEncoder`` reads it) and a
+README. Bitnet models keep their ternary weights as int8 codes; fp models (the teacher) as float32.
+"""
+import json
+import os
+
+import onnx
+
+from bitembed_jax.choices import DEFAULT_MAX_LENGTH
+from bitembed_jax.convert.hf_config import to_hf_config
+from bitembed_jax.export.onnx_graph import INPUTS, OPSET, OUTPUTS, build_onnx
+from bitembed_jax.export.st_files import write_sentence_transformers, write_tokenizer
+from bitembed_jax.io import paths
+from bitembed_jax.io.load import load_model_dir
+from bitembed_jax.io.model_dir import CONFIG_NAME
+
+FORMAT_VERSION = 1
+ONNX_DIR = "onnx"
+ONNX_FILE = "model.onnx"
+EXTERNAL_DATA = "model.onnx_data"
+# protobuf refuses messages over 2 GiB; larger models keep their weights in one external file
+SINGLE_FILE_LIMIT = 1_800_000_000
+
+
+def refusal(cfg, *, dtype: str, int8_embeddings: bool) -> str | None:
+    """Why ``cfg`` or the options cannot be exported as ONNX (None if they can)."""
+    if int8_embeddings or dtype != "float32":
+        return ("--int8-embeddings and --dtype are options of the packed formats; the ONNX graph keeps token "
+                "embeddings and norms in float32")
+    if cfg.act_bits not in (4, 8):
+        return f"{cfg.act_bits}-bit activations: the ONNX graph's uint8 codes take 4 or 8 bits"
+    return None
+
+
+def save_onnx(proto: onnx.ModelProto, onnx_dir: str) -> str:
+    """Write and check ``onnx_dir/model.onnx``; returns its path."""
+    path = os.path.join(onnx_dir, ONNX_FILE)
+    size = sum(len(t.raw_data) for t in proto.graph.initializer)
+    if size > SINGLE_FILE_LIMIT:
+        onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=EXTERNAL_DATA, size_threshold=1024)
+    else:
+        onnx.save_model(proto, path)
+    onnx.checker.check_model(path, full_check=True)  # from the path: the check reads external data too
+    return path
+
+
+def _readme(cfg, meta: dict, weights: str) -> str:
+    prompt = (meta.get("prompts") or {}).get("query", "")
+    pooling = "last-token (EOS appended by the tokenizer)" if cfg.pooling == "last" else "mean"
+    return f"""---
+library_name: sentence-transformers
+tags:
+- sentence-transformers
+- feature-extraction
+- onnx
+- bitembed-jax
+---
+
+# {cfg.arch} text embedder ({cfg.mode}), ONNX
+
+Exported by bitembed-jax: {cfg.num_layers} layers, hidden size {cfg.hidden_size}, {cfg.attention} attention,
+{pooling} pooling and L2 normalisation. Linears: {weights}. Everything else is float32 (opset {OPSET}).
+
+Inputs `{INPUTS[0]}`, `{INPUTS[1]}` (int64, batch x sequence); outputs `{OUTPUTS[0]}` (after the final
+norm) and `{OUTPUTS[1]}` (pooled, L2-normalised).
+
+Query prompt: {f"`{prompt!r}`" if prompt else "none"}; documents get none.
+
+```python
+from sentence_transformers import SentenceTransformer
+model = SentenceTransformer("PATH", backend="onnx")  # needs optimum's onnxruntime extra
+```
+or, with onnxruntime alone:
+```python
+from bitembed_jax.export.onnx_runtime import OnnxEncoder
+vectors = OnnxEncoder("PATH").encode(["some text"])
+```
+"""
+
+
+def _write(tmp: str, model, cfg, meta: dict, checkpoint_dir: str, max_length: int) -> None:
+    if cfg.mode == "bitnet":
+        weights = f"ternary int8 codes x per-token {cfg.act_bits}-bit activation codes (MatMulInteger)"
+    else:
+        weights = "float32 (MatMul)"
+    os.makedirs(os.path.join(tmp, ONNX_DIR))
+    save_onnx(build_onnx(model, cfg, doc=f"bitembed-jax {cfg.arch} encoder, {cfg.mode}"),
+              os.path.join(tmp, ONNX_DIR))
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(to_hf_config(cfg, None), f, indent=2)
+    export_meta = {k: v for k, v in meta.items() if k != "source"}  # local paths stay local
+    export_meta["export"] = {"format": "onnx", "version": FORMAT_VERSION, "opset": OPSET, "file": ONNX_DIR + "/"
+                             + ONNX_FILE, "weights": weights}
+    export_meta["max_length"] = max_length
+    with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
+        json.dump(export_meta, f, indent=2, sort_keys=True)
+    write_tokenizer(checkpoint_dir, tmp, append_eos=cfg.pooling == "last", max_length=max_length)
+    write_sentence_transformers(tmp, hidden_size=cfg.hidden_size, pooling=cfg.pooling,
+                                prompts=meta.get("prompts") or {}, max_length=max_length)
+    with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+        f.write(_readme(cfg, meta, weights))
+
+
+def write_onnx_export(checkpoint_dir: str, out_dir: str, cfg, meta: dict, *, max_length: int | None = None,
+                      dtype: str = "float32", int8_embeddings: bool = False) -> str:
+    """Write the model folder ``checkpoint_dir`` (config ``cfg``, metadata ``meta``) as an ONNX export at
+    ``out_dir`` (whose overlap and overwrite checks the caller made). Returns ``out_dir``."""
+    why = refusal(cfg, dtype=dtype, int8_embeddings=int8_embeddings)
+    if why:
+        raise ValueError(f"cannot export {checkpoint_dir} as onnx: {why}")
+    max_length = int(max_length or meta.get("max_length") or DEFAULT_MAX_LENGTH)
+    model, cfg = load_model_dir(checkpoint_dir, dtype="float32")
+    with paths.atomic_dir(out_dir) as tmp:  # the umask's modes, renamed into place once whole
+        _write(tmp, model, cfg, meta, checkpoint_dir, max_length)
+    return out_dir

@@ -1,0 +1,158 @@
+"""ONNX building blocks of the encoder graph, written with ``onnx.helper``: each function adds the nodes of one
+piece of the JAX model (``layers/norms.py``, ``quant/activation.py``, ``quant/bitmatmul.py``,
+``models/attention.py``) and returns the name of its output.
+
+Every formula follows its JAX twin op for op (the same divisions, roundings and clips), so the integer codes
+match and the float differences are those of evaluation order. Activations are float32 throughout.
+"""
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+F32 = TensorProto.FLOAT
+# the uint8 zero point of the activation codes: MatMulInteger's fast kernel is uint8 x int8
+ZERO_POINT = 128
+
+
+class Graph:
+    """Nodes and initializers of one graph, with unique names and shared scalar constants."""
+
+    def __init__(self):
+        self.nodes, self.initializers = [], []
+        self._count = 0
+        self._consts = {}
+
+    def _name(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def op(self, op_type: str, *inputs: str, hint: str | None = None, outputs: int = 1, **attrs):
+        """Add one node; returns its output name (a list of names when ``outputs`` > 1)."""
+        base = self._name(hint or op_type.lower())
+        names = [base] if outputs == 1 else [f"{base}_{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=base, **attrs))
+        return names[0] if outputs == 1 else names
+
+    def tensor(self, array: np.ndarray, name: str) -> str:
+        """An initializer named after its parameter path (weights keep readable names)."""
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def const(self, value, dtype=np.float32) -> str:
+        """A shared constant (scalar or small vector) of ``dtype``."""
+        array = np.asarray(value, dtype)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._consts:
+            self._consts[key] = self.tensor(array, self._name("const"))
+        return self._consts[key]
+
+    def axes(self, *axes: int) -> str:
+        return self.const(list(axes), np.int64)
+
+
+def rms_norm(g: Graph, x: str, weight: np.ndarray, eps: float, offset: bool, name: str) -> str:
+    """x / sqrt(mean(x^2) + eps) * w, w = 1 + weight for Gemma's offset norms (added in float32 as JAX does).
+
+    Written as Pow -> ReduceMean -> Add -> Sqrt -> Div -> Mul, the pattern ONNX Runtime fuses into its
+    SimplifiedLayerNormalization kernel."""
+    w = np.asarray(weight, np.float32)
+    w = (np.float32(1.0) + w).astype(np.float32) if offset else w
+    ms = g.op("ReduceMean", g.op("Pow", x, g.const(2.0)), g.axes(-1), keepdims=1)
+    y = g.op("Div", x, g.op("Sqrt", g.op("Add", ms, g.const(eps))))
+    return g.op("Mul", y, g.tensor(w, name + ".weight"))
+
+
+def absmax_codes(g: Graph, x: str, bits: int, eps: float) -> tuple[str, str]:
+    """(uint8 codes + ZERO_POINT, per-token float scale s) of ``quant.activation.absmax_int``:
+    s = Qb / max(max|x|, eps), q = clip(round(x * s), -Qb - 1, Qb).
+
+    max|x| is max(max x, -min x): two reductions that only read x, instead of an Abs tensor written and read.
+    The codes come from QuantizeLinear(x * s, scale 1, zero point 128): it rounds half to even as jnp.round
+    does, and in one pass shifts and casts. Its saturation to [0, 255] is the clip: |x * s| <= Qb (1 + 2^-23)
+    rounds to at most Qb, so JAX's clip never binds either and the codes are JAX's exactly."""
+    qb = 2 ** (bits - 1) - 1
+    amax = g.op("Max", g.op("ReduceMax", x, g.axes(-1), keepdims=1),
+                g.op("Neg", g.op("ReduceMin", x, g.axes(-1), keepdims=1)))
+    s = g.op("Div", g.const(qb), g.op("Max", amax, g.const(eps)))
+    codes = g.op("QuantizeLinear", g.op("Mul", x, s), g.const(1.0), g.const(ZERO_POINT, np.uint8))
+    return codes, s
+
+
+def ternary_matmul(g: Graph, x: str, codes: np.ndarray, gamma: np.ndarray, bits: int, eps: float,
+                   name: str) -> str:
+    """``quant.bitmatmul.code_matmul`` on tokens x (N, in): (Qx @ Qw) / s * gamma, with Qx @ Qw exact in int32
+    (MatMulInteger, uint8 x int8: ONNX Runtime's fast integer kernel).
+
+    ``codes``: int8 ternary weights (in, out); ``gamma``: float32 scale, () or (1, out). The int32 products
+    are cast and rescaled in one pass by DequantizeLinear along the tokens, as acc * (gamma / s): an ulp
+    from JAX's (acc / s) * gamma."""
+    qx, s = absmax_codes(g, x, bits, eps)
+    w = g.tensor(np.asarray(codes, np.int8), name + ".codes")
+    acc = g.op("MatMulInteger", qx, w, g.const(ZERO_POINT, np.uint8))
+    gamma = np.asarray(gamma, np.float32)
+    if gamma.size == 1:
+        rescale = g.op("Reshape", g.op("Div", g.tensor(gamma.reshape(()), name + ".scale"), s), g.const([-1], np.int64))
+        return g.op("DequantizeLinear", acc, rescale, axis=0)
+    per_row = g.op("DequantizeLinear", acc, g.tensor(gamma.reshape(-1), name + ".scale"), axis=1)
+    return g.op("Div", per_row, s)
+
+
+def linear(g: Graph, x: str, lin: dict, *, act_bits: int, act_eps: float, norm_eps: float, name: str) -> str:
+    """One BitLinear (``layers/bitlinear.py``) on tokens x (N, in): [per-linear RMSNorm], ternary codes or
+    fp32 matmul, [bias].
+
+    ``lin``: {"kernel": float32 (in, out)} for fp, or {"codes", "gamma"} for ternary, plus optional
+    "norm" (the inserted RMSNorm's weight) and "bias"."""
+    if lin.get("norm") is not None:
+        x = rms_norm(g, x, lin["norm"], norm_eps, False, name + ".norm")
+    if "codes" in lin:
+        y = ternary_matmul(g, x, lin["codes"], lin["gamma"], act_bits, act_eps, name)
+    else:
+        y = g.op("MatMul", x, g.tensor(np.asarray(lin["kernel"], np.float32), name + ".kernel"))
+    if lin.get("bias") is not None:
+        y = g.op("Add", y, g.tensor(np.asarray(lin["bias"], np.float32), name + ".bias"))
+    return y
+
+
+def rope_tables(g: Graph, positions: str, inv_freq: np.ndarray) -> tuple[str, str]:
+    """cos (T, head_dim) of ``models.attention.rope_cos_sin`` and its sin with the first half negated
+    (rotate_half's sign, moved from every q and k onto the table: exact); ``positions`` float32 (T, 1)."""
+    freqs = g.op("Mul", positions, g.tensor(np.asarray(inv_freq, np.float32)[None, :], g._name("inv_freq")))
+    sin = g.op("Sin", freqs)
+    return g.op("Cos", g.op("Concat", freqs, freqs, axis=-1)), g.op("Concat", g.op("Neg", sin), sin, axis=-1)
+
+
+def apply_rope(g: Graph, x: str, cos: str, signed_sin: str) -> str:
+    """x * cos + rotate_half(x) * sin over the last axis (HF's rotate-half layout: rotate_half(x) * sin =
+    [x2, x1] * [-sin, sin])."""
+    x1, x2 = g.op("Split", x, axis=-1, num_outputs=2, outputs=2)
+    return g.op("Add", g.op("Mul", x, cos), g.op("Mul", g.op("Concat", x2, x1, axis=-1), signed_sin))
+
+
+def position_mask(g: Graph, positions: str, *, causal: bool, window: int | None) -> str | None:
+    """Boolean (T, T) of ``models.attention.attention_mask``'s position part (None: every key allowed):
+    causal q - window < k <= q, bidirectional |q - k| < window."""
+    q = g.op("Unsqueeze", positions, g.axes(1))
+    k = g.op("Unsqueeze", positions, g.axes(0))
+    if causal:
+        allowed = g.op("LessOrEqual", k, q)
+        if window is not None:
+            allowed = g.op("And", allowed, g.op("Greater", k, g.op("Sub", q, g.const(window, np.int64))))
+        return allowed
+    if window is not None:
+        return g.op("Less", g.op("Abs", g.op("Sub", q, k)), g.const(window, np.int64))
+    return None
+
+
+def gqa_attention(g: Graph, q: str, k: str, v: str, mask: str, scale: float, num_heads: int,
+                  head_dim: int) -> str:
+    """softmax(q k^T * scale, masked) v for grouped queries, as ``models.attention.gqa_attention``.
+
+    q: (B, Hkv, rep, T, D); k, v: (B, Hkv, 1, T, D) (broadcast over the rep query heads of each kv head
+    instead of repeated: query head h = g * rep + r reads kv head g, as jnp.repeat does); mask: bool,
+    broadcastable to (B, Hkv, rep, T, T); masked logits become float32's min, as in JAX. Returns the
+    tokens (B * T, H * D)."""
+    logits = g.op("Mul", g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 2, 4, 3])), g.const(scale))
+    logits = g.op("Where", mask, logits, g.const(np.finfo(np.float32).min))
+    out = g.op("MatMul", g.op("Softmax", logits, axis=-1), v)
+    out = g.op("Transpose", g.op("Reshape", out, g.const([0, num_heads, -1, head_dim], np.int64)), perm=[0, 2, 1, 3])
+    return g.op("Reshape", out, g.const([-1, num_heads * head_dim], np.int64))
