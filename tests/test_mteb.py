@@ -85,6 +85,7 @@ class FakeEncoder:
         self.vectors = {t: v for t, v in [*DOCS.values(), *QUERIES.values()]}
         self.vectors.update({p[i]: p[i + 1] for p in STS_PAIRS for i in (0, 2)})
         self.cfg, self.max_length, self.meta, self.prompts = SimpleNamespace(hidden_size=2), 512, {}, {}
+        self.calibration = None  # as Encoder on a folder without per-dimension statistics
         self.calls = []
 
     def encode(self, texts, *, batch_size, prompt=""):
