@@ -8,6 +8,7 @@ import numpy as np
 
 from bitembed_jax.choices import DEFAULT_MAX_LENGTH
 from bitembed_jax.cli_encode import read_texts
+from bitembed_jax.io import paths
 from bitembed_jax.quant.calibration import META_KEY, METHODS
 
 DEFAULT_LIMIT = 1000
@@ -23,7 +24,6 @@ def sample(texts: list[str], limit: int, seed: int) -> list[str]:
 
 def _config_path(model: str, overwrite: bool) -> tuple[str, dict]:
     """The folder's bitembed_config.json and its contents, checked before any model is loaded."""
-    from bitembed_jax.io import paths
     from bitembed_jax.io.model_dir import CONFIG_NAME, resolve_model_dir
 
     if paths.is_remote(model):
@@ -44,7 +44,6 @@ def _config_path(model: str, overwrite: bool) -> tuple[str, dict]:
 
 def run_calibrate(args) -> str:
     from bitembed_jax.encode import Encoder
-    from bitembed_jax.io.paths import write_text_atomic
 
     if args.limit < 2:
         raise ValueError(f"--limit {args.limit}: calibration needs at least 2 texts")
@@ -58,7 +57,7 @@ def run_calibrate(args) -> str:
     cal = enc.calibrate(texts, method=args.method, batch_size=args.batch_size, prompt=args.prompt, source=source,
                         show_progress=True)
     meta[META_KEY] = cal.to_meta()
-    write_text_atomic(path, json.dumps(meta, indent=2, sort_keys=True))
+    paths.write_text_atomic(path, json.dumps(meta, indent=2, sort_keys=True))
     print(f"wrote a {args.method} calibration of {source} into {path}: int and binary codes of this model "
           f"(encode, similarity, eval, export) are now calibrated per dimension")
     return path
