@@ -1,20 +1,9 @@
-"""Device mesh (data, fsdp, tensor) from config; multi-host and multi-slice set-up."""
-import os
-
+"""Device mesh (data, fsdp, tensor) from config, multi-slice included (joining hosts: parallel.distributed)."""
 import jax
 import numpy as np
 from jax.sharding import AxisType
 
 from bitembed_jax.parallel.sharding import MESH_AXES
-
-
-def maybe_initialize_distributed():
-    """Join the other hosts when running on several (TPU VM pods, or JAX_COORDINATOR_ADDRESS set)."""
-    multi = ("JAX_COORDINATOR_ADDRESS" in os.environ or "TPU_WORKER_HOSTNAMES" in os.environ
-             or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ)
-    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    if multi and (len(hosts.split(",")) > 1 or "JAX_COORDINATOR_ADDRESS" in os.environ):
-        jax.distributed.initialize()
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
