@@ -5,7 +5,11 @@ import os
 import sys
 
 from bitembed_jax import choices
-from bitembed_jax.cli_encode import run_encode
+from bitembed_jax.calibrate import add_calibrate_parser
+from bitembed_jax.cli_encode import add_encode_parser
+from bitembed_jax.eval.cli_eval import add_eval_parser
+from bitembed_jax.export.cli_export import add_export_parser
+from bitembed_jax.parallel.local_pod import add_local_pod_parser
 
 EXIT_ERROR = 2  # bad input, a refused config, a diverged run: fix something first
 EXIT_RESUMABLE = 75  # stopped before the end (SIGTERM, Ctrl-C, a lost host) after a checkpoint: rerun to resume
@@ -107,10 +111,7 @@ def _make_tiny(args):
     print(f"wrote a tiny random {args.arch} Hugging Face checkpoint + tokenizer to {args.out}")
 
 
-def build_parser():
-    p = argparse.ArgumentParser(prog="bitembed-jax", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_convert_parser(sub):
     c = sub.add_parser("convert",
                        help="import a local Hugging Face checkpoint folder or GGUF file into a bitembed-jax model")
     src = c.add_mutually_exclusive_group(required=True)
@@ -125,32 +126,8 @@ def build_parser():
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(func=_convert)
 
-    e = sub.add_parser("encode", help="embed one text per line of a file into a .npy array (.npz for codes)")
-    e.add_argument("--model", required=True)
-    e.add_argument("--input", required=True)
-    e.add_argument("--out", required=True,
-                   help="FILE.npy of float32 vectors; FILE.npz of codes + scales for int*/binary or --dim")
-    e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--max-length", type=int, default=None,
-                   help=f"tokens per text (default: the model folder's, else {choices.DEFAULT_MAX_LENGTH})")
-    e.add_argument("--prompt", default=None, help="prefix for every text (e.g. a query instruction)")
-    e.add_argument("--precision", default="fp32", choices=choices.PRECISIONS)
-    e.add_argument("--dim", type=int, default=None, help="Matryoshka dimension")
-    cal = e.add_mutually_exclusive_group()
-    cal.add_argument("--calibrate-on-input", action="store_true",
-                     help="int/binary: calibrate each dimension on these texts' vectors (e.g. the corpus being "
-                          "indexed) instead of the model folder's statistics; saved in the .npz")
-    cal.add_argument("--calibration-from", default=None, metavar="FILE.npz",
-                     help="int/binary: code with the calibration saved in an earlier archive (e.g. the corpus's, "
-                          "to encode its queries)")
-    cal.add_argument("--no-calibration", action="store_true",
-                     help="int/binary: plain per-vector codes, ignoring the model folder's statistics")
-    e.add_argument("--calibration-method", default=None, choices=choices.CALIBRATION_METHODS,
-                   help="with --calibrate-on-input (default standardize; see `bitembed-jax calibrate -h`)")
-    e.add_argument("--overwrite", action="store_true")
-    add_pod_flags(e)
-    e.set_defaults(func=run_encode)
 
+def _add_train_parser(sub):
     t = sub.add_parser("train", help="contrastive training (extra --config.KEY=VALUE args override the config)")
     t.add_argument("--config", required=True, help="a configs/*.py file")
     t.add_argument("--workdir", required=True, help="checkpoints, metrics and the final model go here")
@@ -166,6 +143,8 @@ def build_parser():
     add_pod_flags(t)
     t.set_defaults(func=_train, takes_overrides=True)
 
+
+def _add_aot_and_average_parsers(sub):
     a = sub.add_parser("aot", help="compile the real train step for a TPU topology and report per-chip memory")
     a.add_argument("--config", required=True)
     a.add_argument("--topology", required=True, help="e.g. v5e:16x16, v4:4x4x4, v5p:8x8x8")
@@ -180,28 +159,29 @@ def build_parser():
     v.add_argument("--overwrite", action="store_true")
     v.set_defaults(func=_average)
 
-    from bitembed_jax.calibrate import add_calibrate_parser
 
-    add_calibrate_parser(sub)
-
-    from bitembed_jax.export.cli_export import add_export_parser
-
-    add_export_parser(sub)
-
-    from bitembed_jax.eval.cli_eval import add_eval_parser
-
-    add_pod_flags(add_eval_parser(sub))
-
-    from bitembed_jax.parallel.local_pod import add_local_pod_parser
-
-    add_local_pod_parser(sub)
-
+def _add_make_tiny_parser(sub):
     m = sub.add_parser("make-tiny", help="write a tiny random HF checkpoint + tokenizer (quickstart, tests)")
     m.add_argument("--arch", default="qwen3", choices=choices.ARCHS)
     m.add_argument("--out", required=True)
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--overwrite", action="store_true")
     m.set_defaults(func=_make_tiny)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="bitembed-jax", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    _add_convert_parser(sub)
+    add_encode_parser(sub, add_pod_flags)
+    _add_train_parser(sub)
+    _add_aot_and_average_parsers(sub)
+    add_calibrate_parser(sub)
+    add_export_parser(sub)
+    add_pod_flags(add_eval_parser(sub))
+    add_local_pod_parser(sub)
+    _add_make_tiny_parser(sub)
     return p
 
 

@@ -5,6 +5,8 @@ the lines and writes a shard; process 0 then writes the manifest (``io.embedding
 """
 import os
 
+from bitembed_jax.choices import CALIBRATION_METHODS, DEFAULT_MAX_LENGTH, PRECISIONS
+
 
 def read_texts(path: str, flag: str = "--input") -> list[str]:
     """One text per line of a UTF-8 file; a missing file, a folder, an empty file or an empty line is an error."""
@@ -133,3 +135,33 @@ def _report(args, vecs, path: str):
     cal = vecs.calibration and f"; calibrated per dimension ({vecs.calibration.method}, {vecs.calibration.source})"
     print(f"wrote {len(vecs)} {args.precision} vectors ({vecs.nbytes_per_vector} bytes each: codes {vecs.codes.shape} "
           f"{vecs.codes.dtype} + scales{cal or ''}) to {path} (numpy .npz)")
+
+
+def add_encode_parser(subparsers, add_pod_flags):
+    e = subparsers.add_parser("encode", help="embed one text per line of a file into a .npy array (.npz for codes)")
+    e.add_argument("--model", required=True)
+    e.add_argument("--input", required=True)
+    e.add_argument("--out", required=True,
+                   help="FILE.npy of float32 vectors; FILE.npz of codes + scales for int*/binary or --dim; "
+                        "NAME.json: one shard per process and this manifest (required with several processes)")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--max-length", type=int, default=None,
+                   help=f"tokens per text (default: the model folder's, else {DEFAULT_MAX_LENGTH})")
+    e.add_argument("--prompt", default=None, help="prefix for every text (e.g. a query instruction)")
+    e.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    e.add_argument("--dim", type=int, default=None, help="Matryoshka dimension")
+    cal = e.add_mutually_exclusive_group()
+    cal.add_argument("--calibrate-on-input", action="store_true",
+                     help="int/binary: calibrate each dimension on these texts' vectors (e.g. the corpus being "
+                          "indexed) instead of the model folder's statistics; saved in the .npz")
+    cal.add_argument("--calibration-from", default=None, metavar="FILE.npz",
+                     help="int/binary: code with the calibration saved in an earlier archive (e.g. the corpus's, "
+                          "to encode its queries)")
+    cal.add_argument("--no-calibration", action="store_true",
+                     help="int/binary: plain per-vector codes, ignoring the model folder's statistics")
+    e.add_argument("--calibration-method", default=None, choices=CALIBRATION_METHODS,
+                   help="with --calibrate-on-input (default standardize; see `bitembed-jax calibrate -h`)")
+    e.add_argument("--overwrite", action="store_true")
+    add_pod_flags(e)
+    e.set_defaults(func=run_encode)
+    return e

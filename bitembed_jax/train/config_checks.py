@@ -20,6 +20,15 @@ def check_folder(key: str, path: str):
 
 def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: bool = True):
     """Cheap checks before anything is compiled or trained; each error names its config key."""
+    _check_init(cfg, check_paths)
+    chunks = _check_batch(cfg, num_devices, num_processes)
+    _check_loss(cfg)
+    _check_teacher(cfg, chunks, check_paths)
+    _check_data(cfg)
+    _check_train(cfg)
+
+
+def _check_init(cfg, check_paths: bool):
     for key, choices in INIT_CHOICES.items():
         if cfg.init[key] not in choices:
             raise ValueError(f"config.init.{key}={cfg.init[key]!r} is not one of {', '.join(map(str, choices))}")
@@ -34,6 +43,10 @@ def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: 
         for f in cfg.data.train_files:
             if not paths.exists(f):
                 raise FileNotFoundError(f"config.data.train_files: {f} not found")
+
+
+def _check_batch(cfg, num_devices: int, num_processes: int) -> int:
+    """The batch against the mesh, the hosts and GradCache's chunks; returns the number of chunks."""
     data, fsdp, _ = mesh_shape(cfg.mesh, num_devices)
     bs, chunks = int(cfg.train.batch_size), int(cfg.loss.num_chunks)
     if bs <= 0:
@@ -54,6 +67,10 @@ def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: 
     if cfg.loss.learnable_temperature and chunks > 1:
         raise ValueError("config.loss.learnable_temperature needs config.loss.num_chunks=1 (GradCache keeps "
                          "the temperature fixed)")
+    return chunks
+
+
+def _check_loss(cfg):
     bad = sorted(set(cfg.loss.precisions) - set(PRECISIONS))
     if bad:
         raise ValueError(f"config.loss.precisions: unknown precisions {bad}; use {', '.join(PRECISIONS)}")
@@ -67,6 +84,9 @@ def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: 
     for key in DISTILL_WEIGHTS:
         if cfg.distill[key] < 0:
             raise ValueError(f"config.distill.{key}={cfg.distill[key]} must be >= 0")
+
+
+def _check_teacher(cfg, chunks: int, check_paths: bool):
     if uses_teacher(cfg):
         if not cfg.teacher.model:
             raise ValueError("config.teacher.model is empty but distillation weights are set "
@@ -75,6 +95,9 @@ def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: 
             check_folder("teacher.model", cfg.teacher.model)
         if chunks > 1:
             raise ValueError("config.loss.num_chunks must be 1 when distilling: the teacher runs in the same step")
+
+
+def _check_data(cfg):
     max_neg, val = int(cfg.data.get("max_negatives", -1)), float(cfg.data.get("validation_fraction", 0.0))
     if max_neg < -1:
         raise ValueError(f"config.data.max_negatives={max_neg} must be >= 0, or -1 for all")
@@ -83,6 +106,9 @@ def validate_config(cfg, num_devices: int, num_processes: int = 1, check_paths: 
                          f"from records cut to config.data.max_negatives={max_neg}")
     if not 0.0 <= val < 1.0:
         raise ValueError(f"config.data.validation_fraction={val} must be in [0, 1)")
+
+
+def _check_train(cfg):
     if cfg.loss.temperature <= 0:
         raise ValueError(f"config.loss.temperature={cfg.loss.temperature} must be > 0")
     for pattern in cfg.train.get("freeze", []):
