@@ -8,6 +8,7 @@ one, when another process stops sending heartbeats.
 """
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -158,7 +159,12 @@ class Watchdog:
         notices within its timeout and stops this one, naming it. Returns (for the caller to re-raise the
         error) only when every process is still beating."""
         if self._thread is not None and self._thread.is_alive():
-            self._thread.join(timeout=self.timeout_s * 1.5)
+            # a launcher that saw the peer die sends SIGTERM too; stopping silently on it would hide the verdict
+            old = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                self._thread.join(timeout=self.timeout_s * 1.5)
+            finally:
+                signal.signal(signal.SIGTERM, old)
 
     def _run(self):
         from jax._src import distributed

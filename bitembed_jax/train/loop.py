@@ -5,6 +5,7 @@ its share of the data; the processes agree on errors, on when to stop, and on th
 0 alone writes as the model folder.
 """
 import dataclasses
+import os
 import signal
 import sys
 import time
@@ -55,7 +56,7 @@ def global_batch(local: dict, shardings: dict):
 
 class Interrupts:
     """SIGTERM (TPU maintenance, a scheduler) and a first Ctrl-C ask the loop to checkpoint and stop after the
-    current step; a second Ctrl-C aborts at once (KeyboardInterrupt)."""
+    current step; a second Ctrl-C aborts at once (exit 130)."""
 
     def __init__(self):
         self.requested = None  # the name of the signal that asked
@@ -64,7 +65,11 @@ class Interrupts:
     def _handle(self, signum, _frame):
         name = signal.Signals(signum).name
         if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            # at once: unwinding through a checkpoint save in flight can wait on orbax's threads; a half-written
+            # checkpoint is a temporary folder that the next run ignores
+            sys.stderr.write("\naborted (second Ctrl-C): nothing saved since the last checkpoint\n")
+            sys.stderr.flush()
+            os._exit(130)
         if not self.requested:  # a step plus a checkpoint of a real model takes a while: say what is coming
             again = " (Ctrl-C again to abort without saving)" if signum == signal.SIGINT else ""
             print(f"{name}: stopping after the current step and its checkpoint{again}", file=sys.stderr, flush=True)
@@ -107,8 +112,12 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
         if not run_steps(run):
             return None
         return finish(run)
-    except jax.errors.JaxRuntimeError:
-        watchdog.settle()  # a peer that died breaks the collectives first: name it rather than gloo's socket
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError):
+        raise  # bad input, a refused config, a diverged run: the same on every process, reported at once
+    except Exception:
+        # a peer that died breaks the collectives first (gloo: "Connection reset by peer", or an error raised
+        # from them): let the watchdog name it, rather than report the broken socket
+        watchdog.settle()
         raise
     finally:
         watchdog.stop()
