@@ -230,3 +230,37 @@ def test_joining_errors_are_one_line(tmp_path):
                             "--input", "x", "--out", "y.npy", *flags], capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+MAKE_TINY_FAILS_ON_0 = """
+import sys
+import jax
+from bitembed_jax.parallel.distributed import join
+from bitembed_jax.train import tiny_backbone
+
+join(sys.argv[1], 2, int(sys.argv[2]))
+if jax.process_index() == 0:
+    def fail(arch, folder):
+        raise OSError("disk full while writing the tiny backbone")
+    tiny_backbone._make_quietly = fail
+try:
+    tiny_backbone.make_tiny_backbone("tiny:qwen3", sys.argv[3])
+except Exception as e:
+    print(f"error: {e}", flush=True)
+    sys.exit(2)
+"""
+
+
+def test_a_failed_tiny_backbone_stops_every_process_with_its_error(tmp_path):
+    """Process 0 makes "tiny:ARCH" for all; if that fails, process 1 stops at once naming it (before, it
+    waited at a barrier until the watchdog's timeout)."""
+    from bitembed_jax.parallel.local_pod import free_port
+
+    addr = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    procs = [subprocess.Popen([sys.executable, "-c", MAKE_TINY_FAILS_ON_0, addr, str(i), str(tmp_path)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], outs
+    assert "error: disk full while writing the tiny backbone" in outs[0], outs
+    assert f"error: making the tiny backbone {tmp_path}/tiny-qwen3 failed on process 0 (of 2)" in outs[1], outs

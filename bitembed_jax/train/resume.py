@@ -5,11 +5,11 @@ import shutil
 import time
 
 import jax
-import jax.numpy as jnp
 
 from bitembed_jax.io import paths
 from bitembed_jax.io.model_dir import saved_steps
 from bitembed_jax.train.checkpoint import record_history
+from bitembed_jax.train.finite import all_finite
 
 
 def resume_hint(workdir: str) -> str:
@@ -24,15 +24,10 @@ def resume_hint(workdir: str) -> str:
             f"same command on every process to resume from it.")
 
 
-@jax.jit
-def _all_finite(tree):
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
 def check_finite_state(state: dict, step: int, workdir: str):
     """A restored checkpoint must hold finite parameters; one saved by a diverged run (before the loop refused
     to save those) is named with the earlier checkpoints to resume from instead."""
-    if bool(_all_finite(state["params"])):
+    if bool(jax.jit(all_finite)(state["params"])):
         return
     earlier = [s for s in saved_steps(workdir) if s < step]
     choice = (f"resume from an earlier one with --resume-from STEP (saved: {earlier})" if earlier else

@@ -18,6 +18,7 @@ from bitembed_jax.models import pool
 from bitembed_jax.parallel.sharding import logical_sharding, state_shardings
 from bitembed_jax.quant.embedding import matryoshka, quantize_ste
 from bitembed_jax.quant.warmup import mix_at, set_quant_mix
+from bitembed_jax.train.finite import all_finite
 from bitembed_jax.train.grad_cache import grad_cache_step
 from bitembed_jax.train.optimizer import check_freeze, frozen_mask
 
@@ -187,7 +188,7 @@ def make_train_step(cfg, graphdef, abstract_model_state, mesh, tx, schedule, *, 
         # non-padding tokens of the global batch: a sum over the sharded masks, so every host sees the total
         tokens = sum(jnp.sum(v, dtype=jnp.int32) for k, v in batch.items() if k.endswith("_mask"))
         # a diverged step must never be checkpointed: the loop checks this before saving
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
+        finite = all_finite(params)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state["step"]),
                    "tokens": tokens, "params_finite": finite, **aux}
         if cfg.loss.learnable_temperature:

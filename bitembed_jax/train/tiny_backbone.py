@@ -5,10 +5,10 @@ to the student config.init describes, as for any HF folder."""
 import os
 
 import jax
-from jax.experimental import multihost_utils
 
 from bitembed_jax.choices import ARCHS
 from bitembed_jax.io import paths
+from bitembed_jax.parallel.distributed import agree
 
 PREFIX = "tiny:"
 
@@ -53,13 +53,21 @@ def make_tiny_backbone(model: str, workdir: str, log=print) -> str:
     where = paths.join(workdir, f"tiny-{arch}")
     per_host = paths.is_remote(where)
     folder = paths.cache_path(where, "models") if per_host else where
+    error = None
     if per_host or jax.process_index() == 0:
-        if os.path.isdir(folder):
-            log(f"config.init.model={model}: the tiny random {arch} backbone in {folder}")
-        else:
-            _make_quietly(arch, folder)
-            log(f"config.init.model={model}: made a tiny random {arch} backbone in {folder} (what `bitembed-jax "
-                f"make-tiny` writes), converted to the student as config.init says; --init-from DIR trains your own")
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("bitembed_tiny_backbone")
+        try:
+            _make_once(model, arch, folder, log)
+        except Exception as e:  # every process must hear of it, or the others wait at the barrier
+            error = e
+    # a failure on one process stops all of them with its error (not a watchdog timeout)
+    agree(error, f"making the tiny backbone {folder}")
     return folder
+
+
+def _make_once(model: str, arch: str, folder: str, log):
+    if os.path.isdir(folder):
+        log(f"config.init.model={model}: the tiny random {arch} backbone in {folder}")
+        return
+    _make_quietly(arch, folder)
+    log(f"config.init.model={model}: made a tiny random {arch} backbone in {folder} (what `bitembed-jax "
+        f"make-tiny` writes), converted to the student as config.init says; --init-from DIR trains your own")
