@@ -88,10 +88,10 @@ class _Builder:
         offset = self.offset if offset is None else offset
         return rms_norm(self.g, x, self.p[path + ".weight"], self.cfg.rms_norm_eps, offset, path)
 
-    def linear(self, x: str, path: str) -> str:
+    def linear(self, x: str, path: str, shared: bool = False) -> str:
         cfg = self.cfg
         return linear(self.g, x, self.p.linear(path), act_bits=cfg.act_bits, act_eps=ACT_EPS,
-                      norm_eps=cfg.rms_norm_eps, name=path)
+                      norm_eps=cfg.rms_norm_eps, name=path, shared=shared)
 
     def subln(self, x: str, path: str) -> str:
         """SubLN's inserted norm (plain x * w), where the model has one."""
@@ -100,7 +100,7 @@ class _Builder:
     def heads(self, x: str, path: str, n: int, norm: str | None) -> str:
         """tokens (B * T, n * D) -> (B, n, T, D), with the per-head QK norm first where given."""
         g, d = self.g, self.cfg.head_dim
-        x = g.op("Reshape", self.linear(x, path), self.shape(n, d))
+        x = g.op("Reshape", self.linear(x, path, shared=True), self.shape(n, d))
         if norm is not None:
             x = self.norm(x, norm)
         return g.op("Transpose", x, perm=[0, 2, 1, 3])
@@ -122,12 +122,12 @@ class _Builder:
 
     def mlp(self, x: str, i: int) -> str:
         g, pre = self.g, f"layers.{i}.mlp."
-        gate = self.linear(x, pre + "gate_proj")
+        gate = self.linear(x, pre + "gate_proj", shared=True)
         if self.cfg.arch == "gemma3":
             act = g.op("Gelu", gate, approximate="tanh")
         else:
             act = g.op("Mul", gate, g.op("Sigmoid", gate))
-        h = g.op("Mul", act, self.linear(x, pre + "up_proj"))
+        h = g.op("Mul", act, self.linear(x, pre + "up_proj", shared=True))
         return self.linear(self.subln(h, pre + "down_norm"), pre + "down_proj")
 
     def layer(self, x: str, i: int, rope, mask) -> str:

@@ -2,8 +2,9 @@
 piece of the JAX model (``layers/norms.py``, ``quant/activation.py``, ``quant/bitmatmul.py``,
 ``models/attention.py``) and returns the name of its output.
 
-Every formula follows its JAX twin op for op (the same divisions, roundings and clips), so the integer codes
-match and the float differences are those of evaluation order. Activations are float32 throughout.
+Every formula follows its JAX twin (the same roundings and clips): the float differences are those of evaluation
+order, and an activation code differs from JAX's only where a value lies within an ulp of a rounding boundary.
+Activations are float32 throughout.
 """
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
@@ -20,6 +21,7 @@ class Graph:
         self.nodes, self.initializers = [], []
         self._count = 0
         self._consts = {}
+        self.cache = {}  # values computed once per input (see unit_rms_norm)
 
     def _name(self, hint: str) -> str:
         self._count += 1
@@ -61,20 +63,34 @@ def rms_norm(g: Graph, x: str, weight: np.ndarray, eps: float, offset: bool, nam
     return g.op("Mul", y, g.tensor(w, name + ".weight"))
 
 
+def unit_rms_norm(g: Graph, x: str, eps: float, dim: int) -> str:
+    """x / sqrt(mean(x^2) + eps), made once per (x, eps) and shared by the per-linear norms of the linears that
+    read the same tokens (q/k/v, gate/up), which then only multiply by their weights: JAX's values exactly
+    (its norm computes the same statistics for each). A weight of ones keeps the pattern ORT fuses into one
+    SimplifiedLayerNormalization pass (left to ORT, the three identical statistics chains get merged first
+    and stop fusing)."""
+    key = ("unit_rms_norm", x, eps)
+    if key not in g.cache:
+        g.cache[key] = rms_norm(g, x, np.ones(dim, np.float32), eps, False, g._name("unit_norm"))
+    return g.cache[key]
+
+
 def absmax_codes(g: Graph, x: str, bits: int, eps: float) -> tuple[str, str]:
-    """(uint8 codes + ZERO_POINT, per-token float scale s) of ``quant.activation.absmax_int``:
+    """(uint8 codes + ZERO_POINT, per-token code step 1 / s (N, 1)) of ``quant.activation.absmax_int``:
     s = Qb / max(max|x|, eps), q = clip(round(x * s), -Qb - 1, Qb).
 
     max|x| is max(max x, -min x): two reductions that only read x, instead of an Abs tensor written and read.
-    The codes come from QuantizeLinear(x * s, scale 1, zero point 128): it rounds half to even as jnp.round
-    does, and in one pass shifts and casts. Its saturation to [0, 255] is the clip: |x * s| <= Qb (1 + 2^-23)
-    rounds to at most Qb, so JAX's clip never binds either and the codes are JAX's exactly."""
+    One per-token QuantizeLinear (axis 0, scale 1 / s) divides, rounds half to even as jnp.round does, shifts
+    and casts in a single pass, with no x * s tensor written; its saturation to [0, 255] is the clip, which
+    never binds. x / (1 / s) and JAX's x * s can differ by an ulp, so a value within an ulp of a rounding
+    boundary may get the neighbouring code."""
     qb = 2 ** (bits - 1) - 1
     amax = g.op("Max", g.op("ReduceMax", x, g.axes(-1), keepdims=1),
                 g.op("Neg", g.op("ReduceMin", x, g.axes(-1), keepdims=1)))
-    s = g.op("Div", g.const(qb), g.op("Max", amax, g.const(eps)))
-    codes = g.op("QuantizeLinear", g.op("Mul", x, s), g.const(1.0), g.const(ZERO_POINT, np.uint8))
-    return codes, s
+    step = g.op("Div", g.op("Max", amax, g.const(eps)), g.const(float(qb)))
+    flat = g.op("Reshape", step, g.const([-1], np.int64))
+    zero = g.op("Expand", g.const(ZERO_POINT, np.uint8), g.op("Shape", flat))
+    return g.op("QuantizeLinear", x, flat, zero, axis=0), step
 
 
 def ternary_matmul(g: Graph, x: str, codes: np.ndarray, gamma: np.ndarray, bits: int, eps: float,
@@ -83,27 +99,32 @@ def ternary_matmul(g: Graph, x: str, codes: np.ndarray, gamma: np.ndarray, bits:
     (MatMulInteger, uint8 x int8: ONNX Runtime's fast integer kernel).
 
     ``codes``: int8 ternary weights (in, out); ``gamma``: float32 scale, () or (1, out). The int32 products
-    are cast and rescaled in one pass by DequantizeLinear along the tokens, as acc * (gamma / s): an ulp
-    from JAX's (acc / s) * gamma."""
-    qx, s = absmax_codes(g, x, bits, eps)
+    are cast and rescaled in one pass by DequantizeLinear along the tokens, as acc * (gamma / s)."""
+    qx, step = absmax_codes(g, x, bits, eps)
     w = g.tensor(np.asarray(codes, np.int8), name + ".codes")
     acc = g.op("MatMulInteger", qx, w, g.const(ZERO_POINT, np.uint8))
     gamma = np.asarray(gamma, np.float32)
     if gamma.size == 1:
-        rescale = g.op("Reshape", g.op("Div", g.tensor(gamma.reshape(()), name + ".scale"), s), g.const([-1], np.int64))
-        return g.op("DequantizeLinear", acc, rescale, axis=0)
+        rescale = g.op("Mul", step, g.tensor(gamma.reshape(()), name + ".scale"))
+        return g.op("DequantizeLinear", acc, g.op("Reshape", rescale, g.const([-1], np.int64)), axis=0)
     per_row = g.op("DequantizeLinear", acc, g.tensor(gamma.reshape(-1), name + ".scale"), axis=1)
-    return g.op("Div", per_row, s)
+    return g.op("Mul", per_row, step)
 
 
-def linear(g: Graph, x: str, lin: dict, *, act_bits: int, act_eps: float, norm_eps: float, name: str) -> str:
+def linear(g: Graph, x: str, lin: dict, *, act_bits: int, act_eps: float, norm_eps: float, name: str,
+           shared: bool = False) -> str:
     """One BitLinear (``layers/bitlinear.py``) on tokens x (N, in): [per-linear RMSNorm], ternary codes or
     fp32 matmul, [bias].
 
     ``lin``: {"kernel": float32 (in, out)} for fp, or {"codes", "gamma"} for ternary, plus optional
-    "norm" (the inserted RMSNorm's weight) and "bias"."""
-    if lin.get("norm") is not None:
-        x = rms_norm(g, x, lin["norm"], norm_eps, False, name + ".norm")
+    "norm" (the inserted RMSNorm's weight) and "bias". ``shared``: other linears read the same x (see
+    ``unit_rms_norm``)."""
+    norm = lin.get("norm")
+    if norm is not None and shared:
+        weight = g.tensor(np.asarray(norm, np.float32), name + ".norm.weight")
+        x = g.op("Mul", unit_rms_norm(g, x, norm_eps, len(norm)), weight)
+    elif norm is not None:
+        x = rms_norm(g, x, norm, norm_eps, False, name + ".norm")
     if "codes" in lin:
         y = ternary_matmul(g, x, lin["codes"], lin["gamma"], act_bits, act_eps, name)
     else:
