@@ -1,6 +1,7 @@
-"""ONNX export: onnxruntime's vectors match our JAX encoder's (fp and ternary, act_bits 8 and 4, per-linear and
-SubLN norms, causal and bidirectional, last and mean pooling, Gemma3's sliding window), the stored-precision codes
-agree up to ties, the folder has the sentence-transformers layout, and bad input gets a one-line error."""
+"""ONNX export: onnxruntime's and FastEmbed's vectors match our JAX encoder's (fp and ternary, act_bits 8 and 4,
+per-linear and SubLN norms, causal and bidirectional, last and mean pooling, Gemma3's sliding window), so do the
+README's FastEmbed snippet's, the stored-precision codes agree up to ties, the folder has the
+sentence-transformers layout, and bad input gets a one-line error."""
 import json
 import os
 import stat
@@ -13,6 +14,7 @@ import pytest
 from bitembed_jax.cli import main as cli
 from bitembed_jax.convert.hf_import import convert
 from bitembed_jax.encode import Encoder
+from bitembed_jax.export.fastembed_loader import fastembed_model
 from bitembed_jax.export.hf_export import export
 from bitembed_jax.export.onnx_runtime import OnnxEncoder
 from bitembed_jax.io.load import load_model_dir
@@ -103,6 +105,49 @@ def test_raw_session_on_left_and_right_padding(exports, name):
     assert cos.min() >= 0.9999, cos.min()
 
 
+@pytest.mark.parametrize("name", [c[0] for c in CASES])
+def test_fastembed_matches_the_jax_encoder(exports, name):
+    """FastEmbed's TextEmbedding over the folder (a custom model from the local path, offline): its vectors are
+    our JAX Encoder's on padded batches; queries get the prompt prepended, as FastEmbed users must."""
+    ckpt, folder = exports[name]
+    model = fastembed_model(folder)
+    assert model.embedding_size == 64
+    ours = Encoder.from_pretrained(ckpt)
+    # FastEmbed's own tokenizer (tokenizer.json + tokenizer_config.json): the ids OnnxEncoder feeds, which the
+    # export checked are our Tokenize's; a text past max_length is cut with its EOS kept
+    long = "alpha beta " * 400
+    fe_ids = np.array([e.ids for e in model.model.tokenizer.encode_batch([long, "x"])])
+    ids, mask = OnnxEncoder(folder).tokenize([long, "x"])
+    assert fe_ids.shape == ids.shape == (2, 512) and (fe_ids == ids).all()
+    got = {}
+    for query in (False, True) if name == "qwen3_ternary_a8" else (False,):
+        want = ours.encode(TEXTS, batch_size=4, prompt=PROMPT if query else None)
+        got[query] = np.stack(list(model.query_embed([PROMPT + t for t in TEXTS], batch_size=4) if query
+                                   else model.embed(TEXTS, batch_size=4)))
+        assert got[query].shape == want.shape and got[query].dtype == np.float32
+        assert _min_cos(got[query], want) >= 0.9999, _min_cos(got[query], want)
+        np.testing.assert_allclose(np.linalg.norm(got[query], axis=1), 1.0, rtol=1e-5)
+    # the same folder loads again in the process (FastEmbed keeps the registration)
+    again = np.stack(list(fastembed_model(folder).embed(TEXTS[:2])))
+    np.testing.assert_allclose(again, got[False][:2], atol=1e-6)
+    if True in got:  # the README's FastEmbed snippet, its query line included, gives the same vectors
+        ns = _run_fastembed_snippet(folder, name, queries=TEXTS)
+        np.testing.assert_allclose(np.stack(ns["vectors"]), np.stack(list(model.embed(["some text"]))), atol=1e-6)
+        np.testing.assert_allclose(np.stack(ns["query_vectors"]), got[True], atol=1e-6)
+
+
+def _run_fastembed_snippet(folder, name, **names):
+    """Run the export README's FastEmbed code block on ``folder`` (under a model name of its own: FastEmbed's
+    registry is per process), its commented query expression as ``query_vectors``; returns its namespace."""
+    with open(os.path.join(folder, "README.md"), encoding="utf-8") as f:
+        block = f.read().split("```python\n")[2].split("```")[0]
+    assert "TextEmbedding.add_custom_model" in block and "# queries: " in block
+    code, query = block.replace("PATH", folder).replace("local/bitembed", "local/" + name).split("# queries: ")
+    ns = dict(names)
+    exec(code + "\nquery_vectors = " + query, ns)
+    return ns
+
+
 def _straddle(ya, yb, boundaries):
     """Whether a code boundary lies between ya and yb (elementwise): a tie the two runtimes broke apart."""
     lo, hi = np.minimum(ya, yb), np.maximum(ya, yb)
@@ -146,6 +191,8 @@ def test_folder_layout_for_sentence_transformers(exports):
         assert json.load(f)["prompts"]["query"] == PROMPT
     with open(os.path.join(folder, "1_Pooling", "config.json")) as f:
         assert json.load(f)["pooling_mode"] == "lasttoken"
+    with open(os.path.join(folder, "tokenizer_config.json")) as f:  # FastEmbed cuts texts there
+        assert json.load(f)["model_max_length"] == 512
     with open(os.path.join(folder, "bitembed_config.json")) as f:
         meta = json.load(f)
     assert meta["export"]["format"] == "onnx" and "source" not in meta

@@ -19,12 +19,12 @@ def add_export_parser(subparsers):
         description="Pack a bitnet model folder's ternary weights. bitnet-2bit loads with transformers' AutoModel "
                     "and SentenceTransformer (no remote code; needs the norm=per_linear or none layout); base3 "
                     "(1.6 bits per weight, any layout) is read back exactly by bitembed-jax; onnx (fp or bitnet "
-                    "models, any layout) is the encoder as an ONNX graph for ONNX Runtime and sentence-transformers' "
-                    "backend=\"onnx\", ternary linears as integer matmuls.")
+                    "models, any layout) is the encoder as an ONNX graph for ONNX Runtime and FastEmbed, ternary "
+                    "linears as integer matmuls.")
     x.add_argument("--checkpoint", required=True, help="a model folder, or a training workdir (its model/)")
     x.add_argument("--out", required=True, help="the export folder to write")
     x.add_argument("--format", default="bitnet-2bit", choices=EXPORT_FORMATS,
-                   help="onnx: ONNX Runtime / sentence-transformers backend=\"onnx\" (fp or bitnet models; "
+                   help="onnx: ONNX Runtime / FastEmbed (fp or bitnet models; "
                         "ternary linears as integer matmuls)")
     x.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="token embeddings and norms (float32: exact; bfloat16: half the size)")

@@ -1,11 +1,13 @@
-"""``export --format onnx``: a folder that ONNX Runtime and sentence-transformers' ONNX backend serve.
+"""``export --format onnx``: a folder that ONNX Runtime and FastEmbed serve (tests/test_onnx_export.py).
 
-Layout (sentence-transformers' and optimum's): ``onnx/model.onnx`` (the graph of ``onnx_graph``; its weights
-go to ``onnx/model.onnx_data`` beside it when the file would pass protobuf's 2 GB limit), ``config.json``
-(the architecture's Hugging Face config, which optimum reads), the tokenizer (made to append EOS for
-last-token pooling, see ``st_files``), the sentence-transformers module files with the prompts,
-``bitembed_config.json`` (our config + an ``export`` section; ``onnx_runtime.OnnxEncoder`` reads it) and a
-README. Bitnet models keep their ternary weights as int8 codes; fp models (the teacher) as float32.
+Layout (sentence-transformers' and optimum's, though their ONNX backend is untested: optimum's ONNX Runtime
+classes need transformers < 4.58, see docs/benchmarks.md): ``onnx/model.onnx`` (the graph of ``onnx_graph``; its
+weights go to ``onnx/model.onnx_data`` beside it when the file would pass protobuf's 2 GB limit), ``config.json``
+(the architecture's Hugging Face config, which optimum reads), the tokenizer (made to append EOS for last-token
+pooling, see ``st_files``), the sentence-transformers module files with the prompts, ``bitembed_config.json`` (our
+config + an ``export`` section; ``onnx_runtime.OnnxEncoder`` reads it) and a README. ``tokenizer_config.json``'s
+model_max_length is the export's max_length (FastEmbed truncates there). Bitnet models keep their ternary weights
+as int8 codes; fp models (the teacher) as float32.
 """
 import json
 import os
@@ -51,6 +53,46 @@ def save_onnx(proto: onnx.ModelProto, onnx_dir: str) -> str:
     return path
 
 
+def declare_max_length(folder: str, max_length: int) -> None:
+    """tokenizer_config.json's ``model_max_length`` := the export's max_length. Loaders that read only the
+    tokenizer files cut texts there: FastEmbed truncates at it, and refuses the 1e30 "unknown" many source
+    tokenizers carry. (ONNX folders only: our ``Tokenize`` truncates by itself, and transformers would warn
+    about the first longer text it reads with a packed export's tokenizer.)"""
+    path = os.path.join(folder, "tokenizer_config.json")
+    with open(path, encoding="utf-8") as f:
+        tcfg = json.load(f)
+    tcfg["model_max_length"] = max_length
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(tcfg, f, indent=2, ensure_ascii=False)
+
+
+def _usage(cfg, prompt: str) -> str:
+    """The README's loading snippets: the ones tests/test_onnx_export.py runs, and what the others need."""
+    query = f"model.embed([{prompt!r} + q for q in queries])" if prompt else "model.embed(queries)"
+    return f"""With onnxruntime alone (prompt=... for queries):
+```python
+from bitembed_jax.export.onnx_runtime import OnnxEncoder
+vectors = OnnxEncoder("PATH").encode(["some text"])
+```
+With FastEmbed (`pip install fastembed`), from this folder, offline: a custom model reading the pooled,
+normalised `sentence_embedding` output (pooling DISABLED). FastEmbed adds no prompt, even in `query_embed`:
+```python
+from fastembed import TextEmbedding
+from fastembed.common.model_description import ModelSource, PoolingType
+TextEmbedding.add_custom_model(model="local/bitembed", pooling=PoolingType.DISABLED, normalization=True,
+                               sources=ModelSource(hf="local/bitembed"), dim={cfg.hidden_size},
+                               model_file="onnx/model.onnx", output_name="sentence_embedding")
+model = TextEmbedding("local/bitembed", specific_model_path="PATH")
+vectors = list(model.embed(["some text"]))  # queries: list({query})
+```
+(`bitembed_jax.export.fastembed_loader.fastembed_model("PATH")` does the registration and loading.)
+
+sentence-transformers' `SentenceTransformer("PATH", backend="onnx")` reads this layout through optimum's
+ONNX Runtime classes (`optimum-onnx`), whose releases so far require transformers < 4.58; bitembed-jax uses
+transformers 5, so that route is untested.
+"""
+
+
 def _readme(cfg, meta: dict, weights: str) -> str:
     prompt = (meta.get("prompts") or {}).get("query", "")
     pooling = "last-token (EOS appended by the tokenizer)" if cfg.pooling == "last" else "mean"
@@ -60,6 +102,7 @@ tags:
 - sentence-transformers
 - feature-extraction
 - onnx
+- fastembed
 - bitembed-jax
 ---
 
@@ -73,16 +116,7 @@ norm) and `{OUTPUTS[1]}` (pooled, L2-normalised).
 
 Query prompt: {f"`{prompt!r}`" if prompt else "none"}; documents get none.
 
-```python
-from sentence_transformers import SentenceTransformer
-model = SentenceTransformer("PATH", backend="onnx")  # needs optimum's onnxruntime extra
-```
-or, with onnxruntime alone:
-```python
-from bitembed_jax.export.onnx_runtime import OnnxEncoder
-vectors = OnnxEncoder("PATH").encode(["some text"])
-```
-"""
+""" + _usage(cfg, prompt)
 
 
 def _write(tmp: str, model, cfg, meta: dict, checkpoint_dir: str, max_length: int) -> None:
@@ -102,6 +136,7 @@ def _write(tmp: str, model, cfg, meta: dict, checkpoint_dir: str, max_length: in
     with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
         json.dump(export_meta, f, indent=2, sort_keys=True)
     write_tokenizer(checkpoint_dir, tmp, append_eos=cfg.pooling == "last", max_length=max_length)
+    declare_max_length(tmp, max_length)
     write_sentence_transformers(tmp, hidden_size=cfg.hidden_size, pooling=cfg.pooling,
                                 prompts=meta.get("prompts") or {}, max_length=max_length)
     with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
