@@ -29,6 +29,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNTIMES = ("ort-ternary", "ort-fp32", "torch-st", "jax")
 MODELS = ("qwen3-0.6b", "gemma3-270m")
+# before each alternating call: the other session's ORT worker threads spin for a while after its call and
+# would take the cores from this one
+PAUSE_S = 0.3
 
 
 def parse_args(argv=None):
@@ -224,6 +227,7 @@ def pair_worker(args) -> dict:
     times = {k: [] for k in fns}
     for _ in range(args.reps):
         for kind, fn in fns.items():
+            time.sleep(PAUSE_S)
             times[kind].append(_timed(fn, *big))
     out = {k: {"batch_s": min(ts), "batch_all_s": ts} for k, ts in times.items()}
     if args.profile:
