@@ -13,13 +13,6 @@ import pytest  # noqa: E402
 from tests import hf_fixtures  # noqa: E402
 
 
-def pytest_collection_modifyitems(items):
-    """The slow files first (a stable sort: each file's tests keep their order). pytest-xdist's ``loadfile``
-    hands files out in collection order, so the minutes-long files start at once instead of last, when the
-    other workers would sit idle until they end."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture(scope="session")
 def tiny_qwen3(tmp_path_factory):
     """A random tiny Qwen3ForCausalLM folder (names carry the ``model.`` prefix)."""
