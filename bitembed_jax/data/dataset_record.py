@@ -27,6 +27,19 @@ def pair_features() -> tfds.features.FeaturesDict:
     })
 
 
+class PairSerializer:
+    """A pair -> the bytes TFDS stores (a tf.train.Example), with the proto map's keys in sorted order: plain
+    serialization orders them by a per-process hash, so two workers would store the same pair differently."""
+
+    def __init__(self):
+        self.features = pair_features()
+        self.serializer = tfds.core.example_serializer.ExampleSerializer(self.features.get_serialized_info())
+
+    def __call__(self, example: dict) -> bytes:
+        encoded = self.features.encode_example(example)
+        return self.serializer.get_tf_example(encoded).SerializeToString(deterministic=True)
+
+
 def shard_name(split: str, shard: int, num_shards: int) -> str:
     """TFDS's file name for a shard (its default ``{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}``)."""
     return f"{DATASET_NAME}-{split}.{FILE_FORMAT}-{shard:05d}-of-{num_shards:05d}"

@@ -5,6 +5,7 @@ Both take a picklable function and a list of picklable tasks and return the func
 an ``"index"``) sorted by index, so the caller never depends on the order in which workers finished.
 """
 import json
+import logging
 from typing import Callable, Sequence
 
 from etils import epath
@@ -32,6 +33,18 @@ def _run_and_save(task, fn, work_dir: str):
     (epath.Path(work_dir) / f"{result['index']:08d}.json").write_text(json.dumps(result))
 
 
+def _import_beam():
+    """apache_beam, without the warning its import logs about Google Cloud clients a local run never uses."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        import apache_beam
+    finally:
+        root.setLevel(level)
+    return apache_beam
+
+
 class BeamRunner:
     def __init__(self, runner: str = "DirectRunner", workers: int = 1, options: dict | None = None):
         if runner not in RUNNERS:
@@ -51,11 +64,11 @@ class BeamRunner:
             # several processes are a real parallel run; one runs in this process, without the gRPC hop
             opts.setdefault("direct_num_workers", self.workers)
             opts.setdefault("direct_running_mode", "multi_processing" if self.workers > 1 else "in_memory")
+            opts.setdefault("default_sdk_harness_log_level", "WARNING")  # the local workers' INFO is noise
         return PipelineOptions([f"--{k}={v}" for k, v in opts.items()])
 
     def map(self, fn: Callable[[object], dict], tasks: Sequence, work_dir: str, desc: str) -> list[dict]:
-        import apache_beam as beam
-
+        beam = _import_beam()
         epath.Path(work_dir).mkdir(parents=True, exist_ok=True)
         with beam.Pipeline(options=self.pipeline_options()) as p:
             _ = (p | f"{desc}: tasks" >> beam.Create(list(tasks), reshuffle=False)
