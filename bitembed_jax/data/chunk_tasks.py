@@ -152,18 +152,16 @@ class _Shard:
 def write_chunk(task: dict) -> dict:
     """Write the chunk's records to ``task["shards"]`` ({split: path}); ``task["validation"]`` lists the
     chunk-local indices of its held-out records. Returns per-split counts, negatives stats and digests."""
-    from bitembed_jax.data.dataset_record import PairSerializer
+    from bitembed_jax.data.dataset_record import serialize_pair
 
     chunk, held_out, max_negatives = task["chunk"], set(task["validation"]), task["max_negatives"]
-    serialize = PairSerializer()
     shards = {split: _Shard(dest) for split, dest in task["shards"].items()}
     n = 0
     try:
         for i, pair in enumerate(good_pairs(chunk)):
-            negatives = list(pair.negatives if max_negatives is None else pair.negatives[:max_negatives])
-            example = {"query": pair.query, "positive": pair.positive, "negatives": negatives}
-            shards["validation" if i in held_out else "train"].write(serialize(example),
-                                                                     len(negatives))
+            negatives = pair.negatives if max_negatives is None else pair.negatives[:max_negatives]
+            shards["validation" if i in held_out else "train"].write(
+                serialize_pair(pair.query, pair.positive, negatives), len(negatives))
             n = i + 1
     finally:
         stats = {split: shard.close() for split, shard in shards.items()}

@@ -42,6 +42,9 @@ def _import_beam():
         import apache_beam
     finally:
         root.setLevel(level)
+    # the local job service echoes every worker warning about options a DirectRunner run does not use
+    for name in ("apache_beam.runners.portability.local_job_service", "apache_beam.options.pipeline_options"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     return apache_beam
 
 
