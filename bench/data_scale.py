@@ -6,7 +6,7 @@
 Modes are subcommands (``build-speed``, ``build-memory``); each generates its synthetic corpus (12-word queries,
 80-word passages, no negatives: the shape of the issue's measurements) into a temp folder, runs
 ``bitembed-jax data build`` as a child process and measures it from outside: wall time, and the peak resident
-memory of its whole process tree (the Beam workers included), sampled every 50 ms from /proc. A further mode
+memory of its whole process tree (the Beam workers included), sampled every 0.5 s from /proc. A further mode
 (e.g. reading a prepared dataset under local-pod) is one more function and subparser.
 """
 import argparse
@@ -75,7 +75,7 @@ def run_build(files: list[str], out: str, workers: int) -> dict:
     peak = 0
     while proc.poll() is None:
         peak = max(peak, _tree_rss(proc.pid))
-        time.sleep(0.05)
+        time.sleep(0.5)
     wall = time.perf_counter() - t0
     output = proc.stdout.read()
     if proc.returncode:

@@ -50,14 +50,14 @@ def validation_indices(n: int, fraction: float, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, n_val, replace=False))
 
 
-def check_free_space(out_dir: str, needed: int, free_of=shutil.disk_usage):
+def check_free_space(out_dir: str, needed: int):
     """One line naming the place, the bytes needed and the bytes free; remote stores are not checked."""
     if paths.is_remote(out_dir):
         return
     place = out_dir
     while not os.path.exists(place):
         place = os.path.dirname(place)
-    free = free_of(place).free
+    free = shutil.disk_usage(place).free
     if needed > free:
         raise NoSpaceError(f"{place}: the dataset needs about {needed} bytes ({needed / 2**30:.2f} GiB, estimated "
                            f"from the input sizes) but only {free} bytes ({free / 2**30:.2f} GiB) are free")
@@ -168,7 +168,7 @@ def _combine(written: list[dict]) -> tuple[dict, dict, dict, str]:
 
 def build(files: Sequence[str], out_dir: str, runner, *, skip_bad: bool = False, max_negatives: int | None = None,
           validation_fraction: float = 0.0, seed: int = 0, overwrite: bool = False,
-          chunk_bytes: int = inputs.CHUNK_BYTES, overwrite_flag: str = "overwrite=True",
+          chunk_bytes: int | None = None, overwrite_flag: str = "overwrite=True",
           say=lambda msg: None) -> dataset_record.BuildSummary:
     """Validate ``files`` (files, globs, folders; local or gs://) and write them as a dataset at ``out_dir``
     with ``runner`` (``runners.LocalRunner`` or ``runners.BeamRunner``)."""
@@ -177,6 +177,7 @@ def build(files: Sequence[str], out_dir: str, runner, *, skip_bad: bool = False,
     validation_indices(2, validation_fraction, seed)  # the fraction's range, before any reading
     options = {"skip_bad": skip_bad, "max_negatives": max_negatives, "validation_fraction": validation_fraction,
                "seed": seed}
+    chunk_bytes = chunk_bytes or inputs.CHUNK_BYTES
     files = inputs.expand_inputs(files)
     chunks, estimate = inputs.plan_chunks(files, chunk_bytes)
     out_dir = paths.absolute(out_dir).rstrip("/")
