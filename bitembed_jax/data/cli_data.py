@@ -15,8 +15,16 @@ def _beam_options(pairs: list[str]) -> dict:
 
 
 def _build(args):
+    import importlib.util
+    import sys
+
     from bitembed_jax.data.build import build
     from bitembed_jax.data.runners import BeamRunner
+
+    if importlib.util.find_spec("apache_beam") is None:
+        print("error: data build needs Apache Beam: pip install -r requirements.txt (or -e '.[beam]')",
+              file=sys.stderr)
+        raise SystemExit(2)
 
     runner = BeamRunner(args.runner, args.workers, _beam_options(args.beam_option))
     summary = build(args.files, args.out, runner, skip_bad=args.skip_bad, max_negatives=args.max_negatives,
