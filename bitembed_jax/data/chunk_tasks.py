@@ -129,7 +129,10 @@ class _Shard:
         from array_record.python.array_record_module import ArrayRecordWriter
 
         self.dest = dest
-        self.local = tempfile.mktemp(suffix=".array_record") if paths.is_remote(dest) else dest
+        self.local = dest
+        if paths.is_remote(dest):
+            fd, self.local = tempfile.mkstemp(suffix=".array_record")
+            os.close(fd)
         self.writer = ArrayRecordWriter(self.local, ARRAY_RECORD_OPTIONS)
         self.hash, self.num_bytes, self.negatives = hashlib.sha256(), 0, []
 
