@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -66,21 +67,31 @@ def _tree_rss(pid: int) -> int:
 
 
 def run_build(files: list[str], out: str, workers: int) -> dict:
-    """One ``data build`` as a child process: wall seconds, peak tree RSS, and its final line."""
+    """One ``data build`` as a child process: wall seconds, CPU seconds of the process tree (what a dedicated
+    vCPU would need: the per-worker rate under any load), peak tree RSS, and its final line."""
     cmd = [sys.executable, "-m", "bitembed_jax.cli", "data", "build", *files, "--out", out,
            "--workers", str(workers), "--overwrite"]
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _children_cpu()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     peak = 0
     while proc.poll() is None:
         peak = max(peak, _tree_rss(proc.pid))
         time.sleep(0.5)
     wall = time.perf_counter() - t0
+    proc.wait()
+    cpu = _children_cpu() - cpu0
     output = proc.stdout.read()
     if proc.returncode:
         raise SystemExit(f"build failed ({proc.returncode}):\n{output[-3000:]}")
-    return {"workers": workers, "seconds": wall, "peak_rss_bytes": peak, "last_line": output.strip().splitlines()[-1]}
+    return {"workers": workers, "seconds": wall, "cpu_seconds": cpu, "peak_rss_bytes": peak,
+            "last_line": output.strip().splitlines()[-1]}
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of the waited-for descendants (the build and its Beam workers)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def host() -> str:
@@ -100,6 +111,7 @@ def build_speed(args):
             for workers in (1, 2):
                 res = run_build(files, os.path.join(d, "out"), workers)
                 res["pairs_per_s"] = args.pairs / res["seconds"]
+                res["pairs_per_cpu_s"] = args.pairs / res["cpu_seconds"]
                 res["load_before"] = os.getloadavg()[0]
                 runs.append(res)
                 print(json.dumps(res), flush=True)
@@ -117,7 +129,8 @@ def build_memory(args):
             files = write_corpus(d, n)
             size = sum(os.path.getsize(f) for f in files)
             res = run_build(files, os.path.join(d, "out"), args.workers)
-            res.update(pairs=n, input_bytes=size, pairs_per_s=n / res["seconds"])
+            res.update(pairs=n, input_bytes=size, pairs_per_s=n / res["seconds"],
+                       pairs_per_cpu_s=n / res["cpu_seconds"])
             results.append(res)
             print(json.dumps(res), flush=True)
     print(json.dumps({"mode": "build-memory", "peak_rss_ratio_last_over_first":
