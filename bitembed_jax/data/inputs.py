@@ -36,9 +36,10 @@ def _expand_one(arg: str) -> list[str]:
     arg = os.fspath(arg)
     if paths.is_remote(arg):
         p = epath.Path(arg)
-        if any(c in arg for c in "*?["):
-            parent = epath.Path(arg.rsplit("/", 1)[0])
-            found = sorted(str(m) for m in parent.glob(arg.rsplit("/", 1)[1]))
+        if glob.has_magic(arg):
+            parts = arg.split("/")
+            first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+            found = sorted(str(m) for m in epath.Path("/".join(parts[:first])).glob("/".join(parts[first:])))
         elif p.is_dir():
             found = sorted(str(m) for m in p.rglob("*") if _is_data_file(m.name))
         else:
@@ -55,7 +56,7 @@ def _expand_one(arg: str) -> list[str]:
         raise FileNotFoundError(f"input file not found: {arg}")
     found = [f for f in found if not os.path.basename(f).startswith(".")]
     if not found:
-        kind = "folder" if not any(c in arg for c in "*?[") else "glob"
+        kind = "glob" if glob.has_magic(arg) else "folder"
         raise FileNotFoundError(f"input {kind} {arg} matches no .jsonl or .parquet file")
     for f in found:
         records.file_format(f)
