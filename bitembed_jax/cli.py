@@ -7,6 +7,7 @@ import sys
 from bitembed_jax import choices
 from bitembed_jax.calibrate import add_calibrate_parser
 from bitembed_jax.cli_encode import add_encode_parser
+from bitembed_jax.data.cli_data import add_data_parser
 from bitembed_jax.eval.cli_eval import add_eval_parser
 from bitembed_jax.export.cli_export import add_export_parser
 from bitembed_jax.parallel.local_pod import add_local_pod_parser
@@ -182,6 +183,7 @@ def build_parser():
     add_pod_flags(add_eval_parser(sub))
     add_local_pod_parser(sub)
     _add_make_tiny_parser(sub)
+    add_data_parser(sub)
     return p
 
 

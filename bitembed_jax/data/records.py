@@ -9,6 +9,8 @@ import json
 import os
 from typing import Any, Iterator, Sequence
 
+from etils import epath
+
 JSONL_SUFFIXES = (".jsonl",)
 PARQUET_SUFFIXES = (".parquet",)
 MAX_REASONS = 5  # how many skip reasons a report keeps
@@ -145,11 +147,16 @@ def validate_files(files: Sequence[str], *, skip_bad: bool = False) -> ReadRepor
 
 
 def file_fingerprint(path: str) -> dict:
-    """Size, mtime and content hash, recorded with a built dataset so a stale build can be detected."""
+    """Size, mtime and content hash, recorded with a built dataset so a stale build can be detected
+    (a ``gs://`` file too, read through etils.epath)."""
+    remote = "://" in str(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with (epath.Path(path).open("rb") if remote else open(path, "rb")) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
+    if remote:
+        st = epath.Path(path).stat()
+        return {"path": str(path), "size": st.length, "mtime_ns": int(st.mtime * 1e9), "sha256": digest.hexdigest()}
     st = os.stat(path)
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
             "sha256": digest.hexdigest()}
