@@ -199,3 +199,24 @@ def test_joining_an_absent_coordinator_stops_in_bounded_time_with_one_line(world
                         f"coordinator {addr}); check that process 0 runs and that its address and port are reachable "
                         f"from here, or raise --join-timeout ($BITEMBED_JOIN_TIMEOUT)\n"), r.stderr
     assert not (tmp_path / "v.npy").exists()
+
+
+def test_check_apart_compares_what_is_read(tmp_path):
+    """The shared check: a training workdir stands for its model/ (results beside it are fine, the workdir
+    itself is not); links are resolved; gs:// paths compare by whole path components."""
+    from bitembed_jax.io.paths import check_apart
+
+    work = str(tmp_path / "run")
+    model = os.path.join(work, "model")
+    check_apart("--output", os.path.join(work, "eval"), [("--model", work, model)])
+    for out in (work, model, os.path.join(model, "x"), str(tmp_path)):
+        with pytest.raises(ValueError, match=r"--output .* (is|overlaps) the input --model .*/run;"):
+            check_apart("--output", out, [("--model", work, model)])
+    os.makedirs(model)
+    os.symlink(model, tmp_path / "link")
+    with pytest.raises(ValueError, match="is the input --model"):
+        check_apart("--out", str(tmp_path / "link"), [("--model", work, model)])
+    check_apart("--out", "gs://b/run2", [("--init-from", "gs://b/run")])
+    check_apart("--out", "gs://b/run/x", [("--teacher", None)])
+    with pytest.raises(ValueError, match="overlaps the input --init-from gs://b/run/"):
+        check_apart("--out", "gs://b/run/x", [("--init-from", "gs://b/run/")])

@@ -44,19 +44,20 @@ def _inside(inner: str, outer: str) -> bool:
 
 def check_apart(out_flag: str, out: str, inputs, advice: str = "write to another place"):
     """Refuse an output (``out``, given as ``out_flag``) that is, holds or lies inside one of ``inputs``:
-    (flag, path as given[, path it stands for]) tuples (a training workdir stands for its model/ folder).
-    Writing it, with --overwrite above all, would replace or change what the command reads. Called by every
-    command that writes, before anything is read or written."""
+    (flag, path as given[, what it stands for]) tuples. A training workdir stands for its model/ folder, which
+    is then the input (results written beside it in the workdir are fine). Writing over an input, with
+    --overwrite above all, would replace or change what the command reads. Called by every command that
+    writes, before anything is read or written."""
     dst = _canonical(out)
-    for item in inputs:
-        flag, given, *resolved = item
-        if given is None:
+    for flag, given, *resolved in inputs:
+        read = resolved[0] if resolved and resolved[0] is not None else given
+        if read is None:
             continue
-        for src in {_canonical(p) for p in (given, *resolved) if p is not None}:
-            if src == dst:
-                raise ValueError(f"{out_flag} {out} is the input {flag} {given}; {advice}")
-            if _inside(dst, src) or _inside(src, dst):
-                raise ValueError(f"{out_flag} {out} overlaps the input {flag} {given}; {advice}")
+        src = _canonical(read)
+        if src == dst:
+            raise ValueError(f"{out_flag} {out} is the input {flag} {given}; {advice}")
+        if _inside(dst, src) or _inside(src, dst):
+            raise ValueError(f"{out_flag} {out} overlaps the input {flag} {given}; {advice}")
 
 
 def write_text_atomic(path: str, text: str):
