@@ -40,7 +40,7 @@ def _convert(args):
         if value is not None and not args.bitnet:  # an fp model has neither: it would record a setting it lacks
             raise ValueError(f"{flag} {value}: applies to bitnet models only; add --bitnet, or drop {flag}")
     opts = dict(mode="bitnet" if args.bitnet else "fp", norm=args.norm or choices.NORMS[0],
-                act_bits=args.act_bits or 8, attention=args.attention, pooling=args.pooling)
+                act_bits=args.act_bits or choices.ACT_BITS[0], attention=args.attention, pooling=args.pooling)
     if args.gguf:
         from bitembed_jax.convert.gguf_import import convert_gguf
 
@@ -141,7 +141,7 @@ def _add_convert_parser(sub):
     c.add_argument("--norm", default=None, choices=choices.NORMS,
                    help=f"with --bitnet: where the extra RMSNorms go (default {choices.NORMS[0]})")
     c.add_argument("--act-bits", type=int, default=None, choices=choices.ACT_BITS,
-                   help="with --bitnet: activation bits (default 8)")
+                   help=f"with --bitnet: activation bits (default {choices.ACT_BITS[0]})")
     c.add_argument("--attention", default="causal", choices=choices.ATTENTION, help="attention mask")
     c.add_argument("--pooling", default="last", choices=choices.POOLING, help="how token states become a vector")
     c.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")

@@ -78,8 +78,10 @@ def overlap_cases(w) -> dict:
         # row 2: a run written into its own init model (encode of it would then read the untrained init)
         "train": [["train", "--config", QUICK, "--workdir", m, "--init-from", m],
                   ["train", "--config", QUICK, "--workdir", _in(w, "M", "run"), "--init-from", m],
-                  ["train", "--config", QUICK, "--workdir", m, f"--config.data.train_files=['{_in(w, 'M', 'pairs.jsonl')}']"],
-                  ["train", "--config", QUICK, "--workdir", _in(w, "run"), "--init-from", m, "--teacher", _in(w, "run")]],
+                  ["train", "--config", QUICK, "--workdir", m,
+                   f"--config.data.train_files=['{_in(w, 'M', 'pairs.jsonl')}']"],
+                  ["train", "--config", QUICK, "--workdir", _in(w, "run"), "--init-from", m,
+                   "--teacher", _in(w, "run")]],
         "encode": [["encode", "--model", m, "--input", _in(w, "texts.txt"), "--out", _in(w, "M", "v.npy")],
                    ["encode", "--model", m, "--input", _in(w, "texts.txt"), "--out", _in(w, "texts.txt"),
                     "--overwrite"]],

@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RUNTIME_FATAL = """\
 E1205 19:09:14.369202   15984 coordination_service_agent.cc:289] Polled an error from coordination service.
-F1205 19:09:14.369246   15984 client.h:80] Terminating process because the JAX distributed service detected fatal errors.
+F1205 19:09:14.369246   15984 client.h:80] Terminating process because the JAX distributed service detected fatal.
 Additional GRPC error information from remote target coordination_service:
 :UNKNOWN:Error received from peer  {grpc_message:"Socket closed", grpc_status:14}
 *** Check failure stack trace: ***
