@@ -18,7 +18,8 @@ import sys
 import threading
 import time
 
-from bitembed_jax.parallel.runtime_output import ENV_VERBOSE, NoiseFilter, log_path, split_lines
+from bitembed_jax.cli_help import add_command
+from bitembed_jax.parallel.runtime_output import ENV_VERBOSE, NoiseFilter, log_path, split_lines, verbose
 
 DEVICE_FLAG = "--xla_force_host_platform_device_count"
 
@@ -170,7 +171,8 @@ def _run_cli(args, extra):
     if args.processes < 1 or args.devices_per_process < 1:
         raise ValueError("--processes and --devices-per-process must be at least 1")
     check_no_joining_flags(command, args.processes, os.environ)
-    return run(command, args.processes, args.devices_per_process, grace_s=args.grace, verbose=args.verbose)
+    return run(command, args.processes, args.devices_per_process, grace_s=args.grace,
+               verbose=args.verbose or verbose())
 
 
 JOINING = (("--coordinator", "JAX_COORDINATOR_ADDRESS"), ("--num-processes", "JAX_NUM_PROCESSES"),
@@ -200,8 +202,6 @@ def check_no_joining_flags(command: list[str], processes: int, env: dict):
 
 
 def add_local_pod_parser(subparsers):
-    from bitembed_jax.cli_help import add_command
-
     x = add_command(
         subparsers, "local-pod",
         summary="rehearse a pod run: N processes of a subcommand on this machine, D CPU devices each",
