@@ -92,6 +92,16 @@ def _score_model(args, path, precisions, dims, data) -> list[dict]:
     return rows
 
 
+def _check_output_apart(args):
+    from bitembed_jax.io.paths import check_apart
+
+    given = getattr(args, "given", {})
+    check_apart("--output", args.output,
+                [("--model", given.get("model", args.model), args.model),
+                 ("--teacher", given.get("teacher", args.teacher), args.teacher), ("--retrieval", args.retrieval),
+                 ("--sts", args.sts), ("--prompts", args.prompts)], "write the results elsewhere")
+
+
 def run_eval(args) -> dict:
     import jax
 
@@ -103,15 +113,9 @@ def run_eval(args) -> dict:
 
     if not (args.benchmark or args.tasks or args.retrieval or args.sts):
         raise ValueError("nothing to evaluate: give --benchmark/--tasks (mteb) and/or --retrieval/--sts (local files)")
-    from bitembed_jax.io.paths import check_apart
-
-    given = getattr(args, "given", {})
-    check_apart("--output", args.output,
-                [("--model", given.get("model", args.model), args.model),
-                 ("--teacher", given.get("teacher", args.teacher), args.teacher), ("--retrieval", args.retrieval),
-                 ("--sts", args.sts), ("--prompts", args.prompts)], "write the results elsewhere")
     report.check_output(args.output, args.overwrite)
     models = _models(args)  # options and folders are checked before any slow step
+    _check_output_apart(args)
     calibration = parse_calibration(args.calibration)
     if (args.benchmark or args.tasks) and calibration != ["model"]:
         raise ValueError("--calibration: mteb tasks are scored with the model folder's own calibration only; "
