@@ -52,13 +52,14 @@ class Output:
         self.failed = None  # the process whose failure stops the run
 
     def line(self, i: int, text: str, noise: NoiseFilter):
-        shown = noise.shows(text) and (self.failed is None or self.failed == i
-                                       or text.lstrip().startswith(("error:", "warning:")))
+        kept = text if self.verbose else noise.keep(text)
+        if kept is not None and not self.verbose and self.failed not in (None, i):
+            kept = kept if kept.lstrip().startswith(("error:", "warning:")) else None
         with self.lock:
             self.log.write(f"[{i}] {text}" if text.endswith(("\n", "\r")) else f"[{i}] {text}\n")
             self.log.flush()
-            if self.verbose or shown:
-                self.out.write(f"[{i}] {text}")
+            if kept is not None:
+                self.out.write(f"[{i}] {kept}")
                 self.out.flush()
 
     def ours(self, message: str):

@@ -15,7 +15,8 @@ import threading
 import time
 
 ENV_VERBOSE = "BITEMBED_VERBOSE"
-GLOO = re.compile(r"^\[Gloo\] ")
+# anywhere in a line: C++ writes it right after a progress bar's last update, which has no line end
+GLOO = re.compile(r"\[Gloo\] [^\r\n]*")
 ABSL = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\] ")
 FATAL = re.compile(r"^(F\d{4} \d\d:\d\d:\d\d|\*\*\* Check failure stack trace|\*\*\* SIG[A-Z]+|Fatal Python error)")
 TRACEBACK_CONTINUED = ("Traceback (most recent call last)", "During handling of", "The above exception")
@@ -34,9 +35,15 @@ class NoiseFilter:
         self.in_traceback = False
         self.hidden = 0
 
-    def shows(self, line: str) -> bool:
+    def keep(self, line: str) -> str | None:
+        """What of ``line`` (with its line end) reaches the terminal: None for nothing."""
+        if GLOO.search(line):
+            line = GLOO.sub("", line)
+            if not line.strip():
+                self.hidden += 1
+                return None
         text = line.rstrip("\r\n")
-        hide = self.fatal or bool(FATAL.match(text) or GLOO.match(text) or ABSL.match(text))
+        hide = self.fatal or bool(FATAL.match(text) or ABSL.match(text))
         self.fatal = self.fatal or bool(FATAL.match(text))
         if text.startswith(TRACEBACK_CONTINUED[0]):
             self.in_traceback = True
@@ -46,7 +53,7 @@ class NoiseFilter:
             if text and not text[0].isspace() and not text.startswith(TRACEBACK_CONTINUED):
                 self.in_traceback = False
         self.hidden += hide
-        return not hide
+        return None if hide else line
 
 
 def log_path(what: str) -> str:
@@ -92,15 +99,17 @@ class QuietOutput:
         for chunk in iter(lambda: os.read(r, 65536), b""):
             lines, buf = split_lines(buf + chunk)
             for line in lines:
-                with self._lock:
-                    self._log.write(line)
-                if noise.shows(line.decode(errors="replace")):
-                    os.write(real, line)
+                self._forward(line, real, noise)
         if buf:
-            self._log.write(buf)
-            if noise.shows(buf.decode(errors="replace")):
-                os.write(real, buf)
+            self._forward(buf, real, noise)
         os.close(r)
+
+    def _forward(self, line: bytes, real: int, noise: NoiseFilter):
+        with self._lock:
+            self._log.write(line)
+        kept = noise.keep(line.decode(errors="replace"))
+        if kept is not None:
+            os.write(real, kept.encode())
 
     def close(self):
         sys.stdout.flush()
