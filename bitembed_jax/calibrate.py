@@ -8,6 +8,7 @@ import numpy as np
 
 from bitembed_jax.choices import DEFAULT_MAX_LENGTH
 from bitembed_jax.cli_encode import read_texts
+from bitembed_jax.cli_help import add_command
 from bitembed_jax.io import paths
 from bitembed_jax.quant.calibration import META_KEY, METHODS
 
@@ -48,6 +49,8 @@ def run_calibrate(args) -> str:
     if args.limit < 2:
         raise ValueError(f"--limit {args.limit}: calibration needs at least 2 texts")
     path, meta = _config_path(args.model_dir, args.overwrite)
+    paths.check_apart("--model (written in place)", os.path.dirname(path), [("--input", args.input)],
+                      "keep the sample texts outside the model folder")
     texts = read_texts(args.input)
     if len(texts) < 2:
         raise ValueError(f"--input {args.input}: calibration needs at least 2 texts, got 1")
@@ -64,8 +67,10 @@ def run_calibrate(args) -> str:
 
 
 def add_calibrate_parser(subparsers):
-    c = subparsers.add_parser(
-        "calibrate", help="per-dimension statistics for int/binary output codes, saved in the model folder",
+    c = add_command(
+        subparsers, "calibrate",
+        summary="per-dimension statistics for int/binary output codes, saved in the model folder",
+        example="bitembed-jax calibrate --model runs/quick/model --input passages.txt",
         description="Encodes sample texts (e.g. training passages, or the corpus you will index) and saves each "
                     "output dimension's statistics in MODEL/bitembed_config.json: int and binary codes then map "
                     "every dimension to a common range first, so a few massive dimensions no longer take the "
@@ -80,7 +85,7 @@ def add_calibrate_parser(subparsers):
                    help="use at most N texts (a fixed-seed random subset of the file)")
     c.add_argument("--seed", type=int, default=0, help="seed of that subset")
     c.add_argument("--prompt", default=None, help="prefix of every text (default: none, as for passages)")
-    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     c.add_argument("--max-length", type=int, default=None,
                    help=f"tokens per text (default: the model folder's, else {DEFAULT_MAX_LENGTH})")
     c.add_argument("--overwrite", action="store_true", help="replace the folder's calibration")

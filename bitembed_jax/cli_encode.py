@@ -6,6 +6,7 @@ the lines and writes a shard; process 0 then writes the manifest (``io.embedding
 import os
 
 from bitembed_jax.choices import CALIBRATION_METHODS, DEFAULT_MAX_LENGTH, PRECISIONS
+from bitembed_jax.cli_help import add_command
 
 
 def read_texts(path: str, flag: str = "--input") -> list[str]:
@@ -30,8 +31,6 @@ def read_texts(path: str, flag: str = "--input") -> list[str]:
 def encode_calibration(args, num_processes: int):
     """What encode codes with: "model" (the folder's), "none", "input" (fitted on the vectors being encoded) or
     the calibration saved in an earlier archive (e.g. the corpus's, for its queries)."""
-    from bitembed_jax.quant.storage import StoredEmbeddings
-
     flags = (("--calibrate-on-input", args.calibrate_on_input), ("--no-calibration", args.no_calibration),
              ("--calibration-from", args.calibration_from))
     asked = [f for f, on in flags if on]
@@ -43,11 +42,25 @@ def encode_calibration(args, num_processes: int):
         raise ValueError("--calibrate-on-input: every shard must be coded with one calibration; run `bitembed-jax "
                          "calibrate --model M --input FILE` first (or encode on one process)")
     if args.calibration_from:
-        cal = StoredEmbeddings.load(args.calibration_from).calibration
+        cal = _stored(args.calibration_from).calibration
         if cal is None:
             raise ValueError(f"--calibration-from {args.calibration_from}: the archive holds no calibration")
         return cal
     return "input" if args.calibrate_on_input else "none" if args.no_calibration else "model"
+
+
+def _stored(path: str):
+    """The archive of ``--calibration-from``; anything else is an error naming the flag and the file."""
+    import zipfile
+
+    from bitembed_jax.quant.storage import StoredEmbeddings
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--calibration-from {path} not found" if not os.path.exists(path) else
+                                f"--calibration-from {path} is a folder; give the .npz archive of an earlier encode")
+    if not zipfile.is_zipfile(path):  # numpy would try it as a pickle, and say only that
+        raise ValueError(f"--calibration-from {path}: not an .npz archive written by encode")
+    return StoredEmbeddings.load(path)
 
 
 def _vectors(args, enc, texts, calibration, show_progress: bool):
@@ -70,6 +83,11 @@ def vector_suffix(args) -> str:
 def check_out(args, num_processes: int):
     """--out: FILE.npy (float32) or FILE.npz (codes, or --dim) from one process; NAME.json (a manifest of
     shards) from one or several. numpy would append its own suffix to other names."""
+    from bitembed_jax.io.paths import check_apart
+
+    given = getattr(args, "given", {}).get("model")
+    check_apart("--out", args.out, [("--model", given or args.model, args.model), ("--input", args.input),
+                                    ("--calibration-from", args.calibration_from)], "write the vectors elsewhere")
     suffix = vector_suffix(args)
     if num_processes > 1 and not args.out.endswith(".json"):
         raise ValueError(f"--out {args.out}: {num_processes} processes write one shard each and a manifest; "
@@ -138,17 +156,23 @@ def _report(args, vecs, path: str):
 
 
 def add_encode_parser(subparsers, add_pod_flags):
-    e = subparsers.add_parser("encode", help="embed one text per line of a file into a .npy array (.npz for codes)")
-    e.add_argument("--model", required=True)
-    e.add_argument("--input", required=True)
+    e = add_command(subparsers, "encode",
+                    summary="embed one text per line of a file into a .npy array (.npz for codes)",
+                    description="Encodes every line of a UTF-8 text file with a model folder (or a training "
+                                "workdir's model/): float32 vectors (.npy), or int8/int4/int2/binary codes and "
+                                "Matryoshka cuts (.npz). With several processes each writes a shard and process 0 a "
+                                "manifest (.json).",
+                    example="bitembed-jax encode --model runs/quick --input texts.txt --out vectors.npy")
+    e.add_argument("--model", required=True, help="a model folder or a training workdir")
+    e.add_argument("--input", required=True, help="a UTF-8 text file, one text per line")
     e.add_argument("--out", required=True,
                    help="FILE.npy of float32 vectors; FILE.npz of codes + scales for int*/binary or --dim; "
                         "NAME.json: one shard per process and this manifest (required with several processes)")
-    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     e.add_argument("--max-length", type=int, default=None,
                    help=f"tokens per text (default: the model folder's, else {DEFAULT_MAX_LENGTH})")
     e.add_argument("--prompt", default=None, help="prefix for every text (e.g. a query instruction)")
-    e.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    e.add_argument("--precision", default="fp32", choices=PRECISIONS, help="what each vector is stored as")
     e.add_argument("--dim", type=int, default=None, help="Matryoshka dimension")
     cal = e.add_mutually_exclusive_group()
     cal.add_argument("--calibrate-on-input", action="store_true",
@@ -161,7 +185,7 @@ def add_encode_parser(subparsers, add_pod_flags):
                      help="int/binary: plain per-vector codes, ignoring the model folder's statistics")
     e.add_argument("--calibration-method", default=None, choices=CALIBRATION_METHODS,
                    help="with --calibrate-on-input (default standardize; see `bitembed-jax calibrate -h`)")
-    e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_pod_flags(e)
     e.set_defaults(func=run_encode)
     return e

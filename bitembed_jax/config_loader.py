@@ -8,17 +8,33 @@ import ml_collections
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """The ConfigDict of a configs/*.py file's ``get_config()``; a file that is not one is a ValueError naming
+    it (and the line of a syntax error)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"config file {path} not found")
+    if os.path.isdir(path) or not path.endswith(".py"):
+        raise ValueError(f"--config {path}: not a config file; give a Python file with a get_config() function "
+                         f"(e.g. configs/quickstart.py)")
     root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
     if root not in sys.path:  # configs import each other as ``configs.base``
         sys.path.insert(0, root)
     spec = importlib.util.spec_from_file_location(f"_bitembed_config_{abs(hash(path))}", path)
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    if not hasattr(mod, "get_config"):
-        raise ValueError(f"{path} has no get_config() function")
-    return mod.get_config()
+    try:
+        spec.loader.exec_module(mod)
+        if not hasattr(mod, "get_config"):
+            raise ValueError(f"--config {path} has no get_config() function")
+        cfg = mod.get_config()
+    except SyntaxError as e:
+        raise ValueError(f"--config {e.filename or path}:{e.lineno}: syntax error: {e.msg}") from None
+    except ValueError:
+        raise
+    except Exception as e:  # the file's own code failed: name the file, not our loader's frames
+        raise ValueError(f"--config {path}: {type(e).__name__} while loading it: {e}") from None
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        raise ValueError(f"--config {path}: get_config() returned a {type(cfg).__name__}, not an "
+                         f"ml_collections.ConfigDict")
+    return cfg
 
 
 def _parse(value: str, current):

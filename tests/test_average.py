@@ -102,12 +102,12 @@ def test_bad_input_is_refused_before_writing(models, tmp_path, capsys, case, nam
 
 
 @pytest.mark.parametrize("case, named", [
-    ("first", "--out {a} is one of the --model inputs; average into another folder"),
-    ("second", "--out {b} is one of the --model inputs; average into another folder"),
-    ("link", "--out {tmp}/link is one of the --model inputs; average into another folder"),
-    ("inside", "--out {a}/soup overlaps the --model input {a}; average into another folder"),
-    ("holds", "--out {tmp} overlaps the --model input {tmp}/w; average into another folder"),
-    ("workdir", "--out {tmp}/w/model is one of the --model inputs; average into another folder"),
+    ("first", "--out {a} is the input --model {a}; average into another folder"),
+    ("second", "--out {b} is the input --model {b}; average into another folder"),
+    ("link", "--out {tmp}/link is the input --model {a}; average into another folder"),
+    ("inside", "--out {a}/soup overlaps the input --model {a}; average into another folder"),
+    ("holds", "--out {tmp} overlaps the input --model {tmp}/w; average into another folder"),
+    ("workdir", "--out {tmp}/w/model is the input --model {tmp}/w; average into another folder"),
 ])
 def test_out_that_is_an_input_is_refused_before_anything_is_read(models, tmp_path, capsys, monkeypatch, case,
                                                                  named):
@@ -127,3 +127,21 @@ def test_out_that_is_an_input_is_refused_before_anything_is_read(models, tmp_pat
     assert capsys.readouterr().err == f"error: {named.format(a=a, b=b, tmp=tmp_path)}\n"
     assert before == {p: os.path.getmtime(p) for p in before} and not os.path.exists(os.path.join(a, "soup"))
     assert os.path.exists(os.path.join(a, "params")) and os.path.exists(os.path.join(b, "params"))
+
+
+def test_models_from_different_starts_are_refused_unless_forced(models, tmp_path, capsys):
+    """Issue 36 row 9: a soup of models trained from different starts is refused (a warning with --force); a
+    fine-tune averaged with its own start (WiSE-FT) shares that start."""
+    a, b, _ = models
+    other = _with_meta(b, tmp_path / "other", source={"hf_path": "/elsewhere/Qwen3-0.6B"})
+    argv = ["average", "--model", a, "--model", other, "--out", str(tmp_path / "soup")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the models were trained from different starts") and err.count("\n") == 1
+    assert "/elsewhere/Qwen3-0.6B" in err and "pass --force" in err and not (tmp_path / "soup").exists()
+    assert main(argv + ["--force"]) == 0
+    assert "warning: averaging models trained from different starts" in capsys.readouterr().err
+    assert "started_from" not in read_config(str(tmp_path / "soup"))[1]
+    tuned = _with_meta(b, tmp_path / "tuned", started_from=a)  # what a training run records
+    assert main(["average", "--model", a, "--model", tuned, "--out", str(tmp_path / "wise")]) == 0
+    assert read_config(str(tmp_path / "wise"))[1]["started_from"] == read_config(a)[1]["source"]["hf_path"]

@@ -64,7 +64,7 @@ def test_cli_encode(encoder_dir, tmp_path, capsys):
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["convert", "--hf", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
-    assert "nope/config.json not found" in capsys.readouterr().err
+    assert f"error: --hf {tmp_path}/nope: not found; give a Hugging Face model folder" in capsys.readouterr().err
 
 
 def test_cli_encode_quantized_keeps_scales(encoder_dir, tmp_path):

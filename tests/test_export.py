@@ -209,7 +209,7 @@ def test_refusals(ckpts, tiny_qwen3, tmp_path):
     cfg, _ = read_config(ckpts["qwen3"])
     assert refusal(cfg, "bitnet-2bit") is None and refusal(cfg, "base3", int8_embeddings=True) is None
     assert "one weight_scale per linear" in refusal(cfg.replace(per_row_scale=True), "bitnet-2bit")
-    with pytest.raises(ValueError, match="overlaps the checkpoint"):
+    with pytest.raises(ValueError, match="overlaps the input --checkpoint"):
         export(ckpts["qwen3"], os.path.join(ckpts["qwen3"], "inside"), fmt="base3")
     assert not [p for p in os.listdir(tmp_path) if p in "abcdef"]  # nothing half-written
 

@@ -184,6 +184,14 @@ def test_sigterm_then_a_lost_process_then_the_same_command_finishes_like_an_unin
     assert "[0] error: lost process 1 of 2 (no heartbeat for 10 s)" in out, out[-3000:]
     assert "rerun the same command on every process to resume" in out
     assert time.monotonic() - killed < 60
+    # quiet by default (issue 34): after the kill a few lines of ours, none of the runtime's; all of it in the log
+    after = out.split("local-pod: process 1 was killed by SIGKILL; stopping the others\n", 1)[1].splitlines()
+    assert len(after) <= 3 and all(line.startswith(("[0] error: ", "local-pod: ")) for line in after), after
+    assert after[-1].startswith("local-pod: The last complete checkpoint is step "), after
+    log = after[-1].rsplit("Full output of every process: ", 1)[1]
+    assert "[Gloo]" not in out and "Traceback" not in out and "Check failure" not in out
+    with open(log) as f:
+        assert "[Gloo] Rank" in f.read()
 
     rc, out = _local_pod(2, 4, args)  # the same command again: resumes from the last complete checkpoint
     assert rc == 0, out
@@ -201,6 +209,18 @@ def test_a_failed_dataset_build_stops_every_process_with_its_error(pod, tmp_path
     assert "[1] error: building the dataset" in out and "failed on process 0" in out, out
 
 
+def test_a_bad_input_under_local_pod_is_one_line(pod, tmp_path):
+    """Issue 36 row 7: a process that stops on bad input says it in one line; its peers add no traceback or
+    runtime fatal error (the same line from each process at most)."""
+    (tmp_path / "in.txt").write_text("one text\n")
+    rc, out = _local_pod(2, 1, ["encode", "--model", pod["enc"], "--input", str(tmp_path / "in.txt"),
+                                "--out", str(tmp_path / "missing" / "v.json")])
+    assert rc == 2, out
+    ours = [line for line in out.splitlines() if not line.startswith("local-pod: ")]
+    assert ours and set(ours) <= {f"[{i}] error: --out: folder {tmp_path}/missing does not exist" for i in (0, 1)}, out
+    assert out.splitlines()[-1].startswith("local-pod: Full output of every process: ")
+
+
 def test_encode_on_two_processes_writes_shards_in_input_order(pod, tmp_path):
     from bitembed_jax.encode import Encoder
     from bitembed_jax.io.embeddings import load_embeddings
@@ -213,6 +233,7 @@ def test_encode_on_two_processes_writes_shards_in_input_order(pod, tmp_path):
     rc, log = _local_pod(2, 4, ["encode", "--model", pod["enc"], "--input", str(tmp_path / "in.txt"),
                                 "--out", str(out), "--precision", "int8"])
     assert rc == 0, log
+    assert "[Gloo]" not in log  # the runtime's connection lines go to the log file only
     got = load_embeddings(str(out))
     manifest = json.loads(out.read_text())
     assert [s["rows"] for s in manifest["shards"]] == [18, 19] and manifest["count"] == 37

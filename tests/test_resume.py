@@ -1,6 +1,8 @@
 """kill -9 after a checkpoint, restart the same command: the loss sequence equals an uninterrupted run's."""
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,9 +49,52 @@ def finished_steps(workdir):
     return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
 
 
-def test_sigkill_and_resume_same_losses(bitnet_dir, tmp_path):
-    ref = str(tmp_path / "ref")
+@pytest.fixture(scope="module")
+def finished_run(bitnet_dir, tmp_path_factory):
+    """An uninterrupted run (the reference) and the seconds its command took."""
+    ref = str(tmp_path_factory.mktemp("finished") / "ref")
+    start = time.monotonic()
     subprocess.run(command(bitnet_dir, ref), check=True, env=env(), cwd=ROOT, capture_output=True)
+    return ref, time.monotonic() - start
+
+
+def _hashes(folder):
+    out = {}
+    for d, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(d, name), "rb") as f:
+                out[os.path.relpath(os.path.join(d, name), folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def test_a_finished_run_keeps_its_last_step_and_a_rerun_does_nothing_unless_num_steps_grew(bitnet_dir, finished_run,
+                                                                                          tmp_path, capsys):
+    """The last step (8, not a multiple of every_steps=3) is checkpointed; the same command again says the run is
+    finished and returns before loading or compiling anything, leaving model/ byte-identical; with more steps
+    it trains on from that last checkpoint."""
+    ref, first_s = finished_run
+    assert finished_steps(ref)[-1] == STEPS
+    model, metrics = _hashes(os.path.join(ref, "model")), _hashes(ref)["metrics.jsonl"]
+    start = time.monotonic()
+    r = subprocess.run(command(bitnet_dir, ref), env=env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    rerun_s = time.monotonic() - start
+    assert r.returncode == 0, r.stderr
+    assert f"{ref}: this run already finished at step {STEPS}" in r.stdout and "compiling" not in r.stdout + r.stderr
+    assert _hashes(os.path.join(ref, "model")) == model and _hashes(ref)["metrics.jsonl"] == metrics
+    assert rerun_s < first_s, (rerun_s, first_s)  # no dataset check, no model load, no compile
+    grown = str(tmp_path / "grown")
+    shutil.copytree(ref, grown)
+    from bitembed_jax.cli import main  # in this process (8 CPU devices too): one jax import fewer
+
+    assert main(command(bitnet_dir, grown)[3:] + [f"--config.train.num_steps={STEPS + 1}"]) == 0
+    assert f"resumed from step {STEPS}" in "".join(capsys.readouterr()) and finished_steps(grown)[-1] == STEPS + 1
+    with open(os.path.join(grown, "model", "bitembed_config.json")) as f:
+        meta = json.load(f)
+    assert meta["train"]["steps"] == STEPS + 1 and meta["started_from"] == bitnet_dir
+
+
+def test_sigkill_and_resume_same_losses(bitnet_dir, finished_run, tmp_path):
+    ref = finished_run[0]
     wd = str(tmp_path / "killed")
     proc = subprocess.Popen(command(bitnet_dir, wd), env=env(), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -250,7 +250,7 @@ def _free(monkeypatch, nbytes):
 
 def test_disk_room_counts_kept_checkpoints_and_the_model(tmp_path, monkeypatch):
     """keep + 1 state copies at the peak (orbax writes before it rotates), minus those already on disk, plus
-    the final model folder; a run too short to reach keep saves needs fewer copies."""
+    the final model folder; a run too short to reach keep saves needs fewer copies (its first and last step)."""
     import ml_collections
 
     from bitembed_jax.train.checkpoint import check_disk_room
@@ -261,7 +261,7 @@ def test_disk_room_counts_kept_checkpoints_and_the_model(tmp_path, monkeypatch):
     ckpt = ml_collections.ConfigDict({"every_steps": 10, "keep": 2})
     wd = str(tmp_path)
     cases = [((100, 0, 0), 3 * per_copy + model),  # saves at 0, 10, ..., 100: peak keep + 1 = 3
-             ((5, 0, 0), per_copy + model)]         # only the first step is saved
+             ((5, 0, 0), 2 * per_copy + model)]     # only the first and the last (forced) step are saved
     for (steps, start, saved), needed in cases:
         _free(monkeypatch, needed)
         check_disk_room(wd, state, ckpt, steps, start, saved)

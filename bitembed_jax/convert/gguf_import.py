@@ -14,6 +14,7 @@ import numpy as np
 
 from bitembed_jax.convert.hf_config import CheckpointImportError, from_hf_config
 from bitembed_jax.convert.hf_import import import_from_source
+from bitembed_jax.io import paths
 from bitembed_jax.io.model_dir import check_writable, save_model_dir
 
 
@@ -69,6 +70,7 @@ def import_gguf(gguf_file: str, **encoder_opts):
 
 
 def convert_gguf(gguf_file: str, out_dir: str, *, overwrite: bool = False, **encoder_opts) -> str:
+    paths.check_apart("--out", out_dir, [("--gguf", gguf_file)], "convert into another folder")
     check_writable(out_dir, overwrite)
     model, cfg, tok = import_gguf(gguf_file, **encoder_opts)
     with tempfile.TemporaryDirectory() as tok_dir:

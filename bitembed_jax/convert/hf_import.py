@@ -14,7 +14,9 @@ from flax import nnx
 
 from bitembed_jax.convert.hf_config import CheckpointImportError, from_hf_config
 from bitembed_jax.convert.name_maps import IGNORED_NAMES, IGNORED_SUFFIXES, PREFIXES, TRANSFORMS, expand
-from bitembed_jax.io.model_dir import TOKENIZER_FILES, abstract_model, check_writable, save_model_dir
+from bitembed_jax.io import paths
+from bitembed_jax.io.model_dir import (CONFIG_NAME, TOKENIZER_FILES, abstract_model, check_writable,
+                                      save_model_dir)
 from bitembed_jax.io.state_paths import fill_state, flat_params
 from bitembed_jax.layers.norms import inserted_norm_weights
 from bitembed_jax.models import ModelConfig
@@ -117,12 +119,30 @@ def plan_import(src: TensorSource, cfg: ModelConfig, abs_shapes: dict):
     return [(h, o, t) for h, (o, t) in expected.items()]
 
 
+def _our_folder(path: str) -> str | None:
+    """What kind of bitembed-jax folder ``path`` is ("model", or the export format), None if not one of ours."""
+    try:
+        with open(os.path.join(path, CONFIG_NAME)) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return (meta.get("export") or {}).get("format") or "model"
+
+
 def read_hf_config(path: str) -> tuple[dict, str]:
+    if not os.path.isdir(path):
+        raise CheckpointImportError(f"--hf {path}: {'not found' if not os.path.exists(path) else 'not a folder'}; "
+                                    "give a Hugging Face model folder (config.json + weights), or --gguf FILE")
+    ours = _our_folder(path)
+    if ours == "model":
+        raise CheckpointImportError(f"{path} is already a bitembed-jax model folder: use it as it is "
+                                    "(--init-from, encode, export), or convert the HF checkpoint it came from")
+    if ours is not None:  # an export holds packed ternary (or ONNX) weights, not an HF checkpoint's
+        raise CheckpointImportError(f"{path} is a bitembed-jax {ours} export folder (packed weights for serving), "
+                                    "not a Hugging Face checkpoint: convert the HF checkpoint it came from, or use "
+                                    "the model folder it was exported from")
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
-        if os.path.exists(os.path.join(path, "bitembed_config.json")):
-            raise CheckpointImportError(f"{path} is already a bitembed-jax model folder: use it as it is "
-                                        "(--init-from, encode, export), or convert the HF checkpoint it came from")
         raise CheckpointImportError(f"{cfg_path} not found: {path} is not a Hugging Face model folder")
     try:
         with open(cfg_path) as f:
@@ -170,6 +190,7 @@ def check_tokenizer_files(path: str):
 
 
 def convert(hf_path: str, out_dir: str, *, overwrite: bool = False, **encoder_opts) -> str:
+    paths.check_apart("--out", out_dir, [("--hf", hf_path)], "convert into another folder")
     check_writable(out_dir, overwrite)
     hf, cfg_path = read_hf_config(hf_path)
     cfg = from_hf_config(hf, cfg_path, **encoder_opts)

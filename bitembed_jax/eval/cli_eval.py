@@ -4,6 +4,7 @@ import json
 import os
 
 from bitembed_jax.choices import CALIBRATION_SOURCES, DEFAULT_MAX_LENGTH, PRECISIONS
+from bitembed_jax.cli_help import add_command
 
 
 def parse_precisions(text: str) -> list[str]:
@@ -91,6 +92,16 @@ def _score_model(args, path, precisions, dims, data) -> list[dict]:
     return rows
 
 
+def _check_output_apart(args):
+    from bitembed_jax.io.paths import check_apart
+
+    given = getattr(args, "given", {})
+    check_apart("--output", args.output,
+                [("--model", given.get("model", args.model), args.model),
+                 ("--teacher", given.get("teacher", args.teacher), args.teacher), ("--retrieval", args.retrieval),
+                 ("--sts", args.sts), ("--prompts", args.prompts)], "write the results elsewhere")
+
+
 def run_eval(args) -> dict:
     import jax
 
@@ -104,6 +115,7 @@ def run_eval(args) -> dict:
         raise ValueError("nothing to evaluate: give --benchmark/--tasks (mteb) and/or --retrieval/--sts (local files)")
     report.check_output(args.output, args.overwrite)
     models = _models(args)  # options and folders are checked before any slow step
+    _check_output_apart(args)
     calibration = parse_calibration(args.calibration)
     if (args.benchmark or args.tasks) and calibration != ["model"]:
         raise ValueError("--calibration: mteb tasks are scored with the model folder's own calibration only; "
@@ -138,11 +150,12 @@ def run_eval(args) -> dict:
 
 
 def add_eval_parser(subparsers):
-    e = subparsers.add_parser(
-        "eval", help="score a model on mteb tasks or local retrieval/STS files, at several precisions",
+    e = add_command(
+        subparsers, "eval", summary="score a model on mteb tasks or local retrieval/STS files, at several precisions",
         description="mteb tasks download their datasets from the Hugging Face Hub (network needed); "
                     "--retrieval/--sts read local files. Writes results.json, summary.md and plot.png to --output "
-                    "(and mteb's results folder to OUTPUT/mteb).")
+                    "(and mteb's results folder to OUTPUT/mteb).",
+        example="bitembed-jax eval --model runs/quick --sts stsb/test.tsv --precision all --output results/quick")
     e.add_argument("--model", required=True, help="a bitembed-jax model folder")
     e.add_argument("--teacher", default=None, help="another model folder, scored at fp32 as the reference line")
     mt = e.add_mutually_exclusive_group()
@@ -158,7 +171,7 @@ def add_eval_parser(subparsers):
                    help="int/binary codes: comma list of model (the folder's per-dimension statistics, if any), "
                         "none (without), corpus (fitted on the --retrieval corpus / the --sts sentences, as a user "
                         "calibrates on their own corpus at indexing time); fp32 is never calibrated")
-    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     e.add_argument("--max-length", type=int, default=None,
                    help=f"tokens per text (default: the model folder's, else {DEFAULT_MAX_LENGTH})")
     e.add_argument("--query-prompt", default=None,

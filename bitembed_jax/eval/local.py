@@ -34,28 +34,37 @@ class RetrievalData:
     skipped: dict[str, int]  # qrels lines dropped, by reason
 
 
+def _text_lines(path: str):
+    """(line number, line) of a UTF-8 text file; a file in another encoding is an error naming it and the line."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{n}: not UTF-8 text ({e.reason}); save the file as UTF-8") from None
+
+
 def _read_jsonl(path: str, kind: str) -> tuple[list[str], list[str]]:
     """ids and texts; a document's title goes before its text, as mteb joins them."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found (BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
     ids, texts, seen = [], [], set()
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                _fail(path, n, f"not valid JSON ({e.msg})")
-            if not isinstance(row, dict) or "_id" not in row or not isinstance(row.get("text"), str):
-                _fail(path, n, f"a {kind} needs \"_id\" and a string \"text\"")
-            rid = str(row["_id"])
-            if rid in seen:
-                _fail(path, n, f"duplicate _id {rid!r}")
-            seen.add(rid)
-            title = row.get("title") or ""
-            ids.append(rid)
-            texts.append(f"{title} {row['text']}".strip() if title else row["text"].strip())
+    for n, line in _text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            _fail(path, n, f"not valid JSON ({e.msg})")
+        if not isinstance(row, dict) or "_id" not in row or not isinstance(row.get("text"), str):
+            _fail(path, n, f"a {kind} needs \"_id\" and a string \"text\"")
+        rid = str(row["_id"])
+        if rid in seen:
+            _fail(path, n, f"duplicate _id {rid!r}")
+        seen.add(rid)
+        title = row.get("title") or ""
+        ids.append(rid)
+        texts.append(f"{title} {row['text']}".strip() if title else row["text"].strip())
     if not ids:
         raise ValueError(f"{path}: no {kind}s")
     return ids, texts
@@ -63,17 +72,17 @@ def _read_jsonl(path: str, kind: str) -> tuple[list[str], list[str]]:
 
 def _tsv_rows(path: str, header: list[str], hint: str):
     """(line number, 3 columns) of a tab-separated file with a fixed header; blank lines skipped."""
-    with open(path, encoding="utf-8") as f:
-        got = f.readline().rstrip("\r\n").split("\t")
-        if got[:len(header)] != header:
-            _fail(path, 1, f"header must be {hint}, got {got}")
-        for n, line in enumerate(f, 2):
-            if not line.strip():
-                continue
-            cols = line.rstrip("\r\n").split("\t")
-            if len(cols) != 3:
-                _fail(path, n, f"expected 3 tab-separated columns, got {len(cols)}")
-            yield n, cols
+    lines = _text_lines(path)
+    got = next(lines, (1, ""))[1].rstrip("\r\n").split("\t")
+    if got[:len(header)] != header:
+        _fail(path, 1, f"header must be {hint}, got {got}")
+    for n, line in lines:
+        if not line.strip():
+            continue
+        cols = line.rstrip("\r\n").split("\t")
+        if len(cols) != 3:
+            _fail(path, n, f"expected 3 tab-separated columns, got {len(cols)}")
+        yield n, cols
 
 
 def _read_qrels(path: str, query_ids, corpus_ids):

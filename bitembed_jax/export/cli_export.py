@@ -1,21 +1,34 @@
 """The ``export`` subcommand: ``add_export_parser(subparsers)`` registers it (kept jax-free until run)."""
 from bitembed_jax.choices import DEFAULT_MAX_LENGTH, DTYPES, EXPORT_FORMATS, LINEAR_CLASSES
+from bitembed_jax.cli_help import add_command
+
+
+def check_flags(args):
+    """Flags of one format (or of --push-to-hub) given with another are refused, not silently ignored."""
+    if args.linear_class is not None and args.format != "bitnet-2bit":
+        raise ValueError(f"--linear-class {args.linear_class}: applies to --format bitnet-2bit only (not "
+                         f"{args.format}); drop it")
+    if args.private and not args.push_to_hub:
+        raise ValueError("--private: applies with --push-to-hub ORG/NAME only (it makes the uploaded repo private)")
 
 
 def run_export(args) -> None:
     from bitembed_jax.export.hf_export import export
 
+    check_flags(args)
     out = export(args.checkpoint, args.out, fmt=args.format, overwrite=args.overwrite,
-                 int8_embeddings=args.int8_embeddings, dtype=args.dtype, linear_class=args.linear_class,
+                 int8_embeddings=args.int8_embeddings, dtype=args.dtype,
+                 linear_class=args.linear_class or LINEAR_CLASSES[0],
                  max_length=args.max_length, push_to_hub=args.push_to_hub, private=args.private)
     print(f"wrote {args.format} export to {out}")
 
 
 def add_export_parser(subparsers):
-    x = subparsers.add_parser(
-        "export",
-        help="packed ternary weights: bitnet-2bit (transformers / sentence-transformers), base3 (bitembed-jax) "
-             "or onnx (ONNX Runtime)",
+    x = add_command(
+        subparsers, "export",
+        summary="packed ternary weights: bitnet-2bit (transformers / sentence-transformers), base3 (bitembed-jax) "
+                "or onnx (ONNX Runtime)",
+        example="bitembed-jax export --checkpoint runs/quick --format onnx --out exports/quick-onnx",
         description="Pack a bitnet model folder's ternary weights. bitnet-2bit loads with transformers' AutoModel "
                     "and SentenceTransformer (no remote code; needs the norm=per_linear or none layout); base3 "
                     "(1.6 bits per weight, any layout) is read back exactly by bitembed-jax; onnx (fp or bitnet "
@@ -30,8 +43,9 @@ def add_export_parser(subparsers):
                    help="token embeddings and norms (float32: exact; bfloat16: half the size)")
     x.add_argument("--int8-embeddings", action="store_true",
                    help="base3: int8 token embeddings with a float32 scale per row")
-    x.add_argument("--linear-class", default="bitlinear", choices=LINEAR_CLASSES,
-                   help="bitnet-2bit: transformers' layer class (bitlinear keeps weights packed in memory)")
+    x.add_argument("--linear-class", default=None, choices=LINEAR_CLASSES,
+                   help=f"bitnet-2bit only: transformers' layer class (default {LINEAR_CLASSES[0]}: keeps weights "
+                        f"packed in memory)")
     x.add_argument("--max-length", type=int, default=None,
                    help=f"sentence-transformers max_seq_length (default: the folder's, else {DEFAULT_MAX_LENGTH})")
     x.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")

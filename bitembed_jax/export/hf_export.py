@@ -191,11 +191,9 @@ def export(checkpoint_dir: str, out_dir: str, *, fmt: str = "bitnet-2bit", overw
         check_repo_id(push_to_hub)
         if hub_client is None:  # the real hub: offline or without a token, the push would fail after packing
             check_hub_access()
-    checkpoint_dir = resolve_model_dir(checkpoint_dir)
+    given, checkpoint_dir = checkpoint_dir, resolve_model_dir(checkpoint_dir)
     out_dir = os.path.abspath(out_dir)
-    src, dst = os.path.realpath(checkpoint_dir), os.path.realpath(out_dir)
-    if os.path.commonpath([src, dst]) in (src, dst):
-        raise ValueError(f"--out {out_dir} overlaps the checkpoint {checkpoint_dir}; export to another folder")
+    paths.check_apart("--out", out_dir, [("--checkpoint", given, checkpoint_dir)], "export to another folder")
     check_writable(out_dir, overwrite)
     cfg, meta = read_config(checkpoint_dir)
     if fmt == "onnx":  # fp or bitnet, any layout: the graph computes the model as it is

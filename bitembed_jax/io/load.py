@@ -23,7 +23,7 @@ from flax import nnx
 from safetensors import safe_open
 
 from bitembed_jax.convert.name_maps import LINEAR, TRANSFORMS, expand
-from bitembed_jax.io.model_dir import PARAMS_DIR, abstract_model, read_config
+from bitembed_jax.io.model_dir import PARAMS_DIR, abstract_model, onnx_folder_message, read_config
 from bitembed_jax.io.state_paths import fill_state, flat_params
 from bitembed_jax.layers.bitlinear import FrozenScale, linears
 from bitembed_jax.quant.packing import unpack_base3, unpack_bitnet_2bit
@@ -87,8 +87,7 @@ def load_export(path: str, **overrides):
     info = meta.get("export") or {}
     fmt, version = info.get("format"), int(info.get("version", 1))
     if fmt == "onnx":
-        raise ValueError(f"{path} is an ONNX export: run it with onnxruntime (bitembed_jax.export.onnx_runtime."
-                         "OnnxEncoder) or SentenceTransformer(path, backend='onnx')")
+        raise ValueError(onnx_folder_message(path))
     if fmt not in ("base3", "bitnet-2bit"):
         raise ValueError(f"{path} is not an export folder (bitembed_config.json has no export section); "
                          "model folders load with bitembed_jax.io.load.load_model_dir")

@@ -114,6 +114,28 @@ def resolve_model_dir(path: str) -> str:
     return path
 
 
+def onnx_folder_message(path: str) -> str:
+    """What to do with an ONNX export folder given where a bitembed-jax model folder is expected."""
+    return (f"{path} is an ONNX export folder (for serving, not a bitembed-jax model folder): encode with "
+            f"bitembed_jax.export.onnx_runtime.OnnxEncoder.from_pretrained(path) or FastEmbed "
+            f"(bitembed_jax.export.fastembed_loader.fastembed_model(path)); train, eval, export and calibrate "
+            f"take the model folder it was exported from")
+
+
+def refuse_onnx_folder(path: str):
+    """An ONNX export is refused where a model folder is read, before anything is loaded."""
+    meta = paths.join(path, CONFIG_NAME)
+    if paths.is_remote(path) or not os.path.isfile(meta):
+        return
+    try:
+        with open(meta) as f:
+            fmt = (json.load(f).get("export") or {}).get("format")
+    except (OSError, ValueError, AttributeError):
+        return
+    if fmt == "onnx":
+        raise ValueError(onnx_folder_message(path))
+
+
 def read_config(model_dir: str) -> tuple[ModelConfig, dict]:
     path = os.path.join(model_dir, CONFIG_NAME)
     if not os.path.exists(path):

@@ -31,6 +31,35 @@ def exists(path: str) -> bool:
     return epath.Path(path).exists()
 
 
+def _canonical(path: str) -> str:
+    """The path compared for overlaps: symlinks resolved locally; a URL with its trailing slashes dropped."""
+    return str(path).rstrip("/") if is_remote(path) else os.path.realpath(path)
+
+
+def _inside(inner: str, outer: str) -> bool:
+    if is_remote(inner) or is_remote(outer):
+        return inner == outer or inner.startswith(outer + "/")
+    return os.path.commonpath([inner, outer]) == outer
+
+
+def check_apart(out_flag: str, out: str, inputs, advice: str = "write to another place"):
+    """Refuse an output (``out``, given as ``out_flag``) that is, holds or lies inside one of ``inputs``:
+    (flag, path as given[, what it stands for]) tuples. A training workdir stands for its model/ folder, which
+    is then the input (results written beside it in the workdir are fine). Writing over an input, with
+    --overwrite above all, would replace or change what the command reads. Called by every command that
+    writes, before anything is read or written."""
+    dst = _canonical(out)
+    for flag, given, *resolved in inputs:
+        read = resolved[0] if resolved and resolved[0] is not None else given
+        if read is None:
+            continue
+        src = _canonical(read)
+        if src == dst:
+            raise ValueError(f"{out_flag} {out} is the input {flag} {given}; {advice}")
+        if _inside(dst, src) or _inside(src, dst):
+            raise ValueError(f"{out_flag} {out} overlaps the input {flag} {given}; {advice}")
+
+
 def write_text_atomic(path: str, text: str):
     """Local: write a sibling temp file and rename. Remote object stores make a single write atomic already."""
     if is_remote(path):

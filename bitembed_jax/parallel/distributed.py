@@ -16,12 +16,16 @@ import time
 import jax
 import numpy as np
 
+from bitembed_jax.parallel import runtime_output
+
 ENV_COORDINATOR, ENV_NUM, ENV_ID = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
-ENV_HEARTBEAT = "BITEMBED_HEARTBEAT_TIMEOUT"
+ENV_HEARTBEAT, ENV_JOIN_TIMEOUT = "BITEMBED_HEARTBEAT_TIMEOUT", "BITEMBED_JOIN_TIMEOUT"
 # clusters JAX finds on its own (TPU VMs, SLURM, Open MPI): a coordinator address alone is enough there
 AUTO_DETECTED = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")
 DEFAULT_HEARTBEAT_S = 60
-JOIN_TIMEOUT_S = 300
+DEFAULT_JOIN_TIMEOUT_S = 120
+# JAX's own join deadline, after ours: it ends the process with a C++ fatal error where ours prints one line
+RUNTIME_JOIN_MARGIN_S = 60
 PREFIX = "bitembed/heartbeat/"
 EXIT_RESUMABLE = 75  # EX_TEMPFAIL: stopped before the end (SIGTERM, Ctrl-C, a lost host); rerun to resume
 
@@ -37,8 +41,19 @@ def _int(name: str, value) -> int | None:
 
 def _check_address(address: str):
     m = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^:\s]+):(\d+)", address)
-    if not m or not 0 < int(m.group(2)) < 65536:
+    if not m:
         raise ValueError(f"--coordinator {address!r}: expected HOST:PORT (e.g. 10.0.0.2:8476)")
+    if not 0 < int(m.group(2)) < 65536:
+        raise ValueError(f"--coordinator {address}: port {m.group(2)} is out of range (1..65535)")
+
+
+def join_timeout(value=None) -> int:
+    """Seconds a process waits to join the job (--join-timeout, else $BITEMBED_JOIN_TIMEOUT, else 120)."""
+    s = _int("--join-timeout", value if value is not None else os.environ.get(ENV_JOIN_TIMEOUT))
+    s = DEFAULT_JOIN_TIMEOUT_S if s is None else s
+    if s < 1:
+        raise ValueError(f"--join-timeout {s}: at least 1 second")
+    return s
 
 
 def heartbeat_timeout(value=None) -> int:
@@ -52,14 +67,17 @@ def heartbeat_timeout(value=None) -> int:
 
 
 def join(coordinator: str | None = None, num_processes=None, process_id=None, *, heartbeat_s=None,
-         timeout_s: int = JOIN_TIMEOUT_S) -> bool:
+         timeout_s=None) -> bool:
     """Join the job if this is one of several processes; returns whether it is.
 
     Values come from the arguments, else from $JAX_COORDINATOR_ADDRESS / $JAX_NUM_PROCESSES / $JAX_PROCESS_ID.
     Without any, TPU VM pods (and clusters JAX detects) still join; a single process joins nothing.
+    ``timeout_s``: how long to wait for the others (``join_timeout``); past it the process stops with one line
+    naming the coordinator (exit 2).
     """
     if jax.distributed.is_initialized():
         return jax.process_count() > 1
+    timeout_s = join_timeout(timeout_s)
     coordinator = coordinator or os.environ.get(ENV_COORDINATOR) or None
     num = _int("--num-processes", num_processes if num_processes is not None else os.environ.get(ENV_NUM))
     pid = _int("--process-id", process_id if process_id is not None else os.environ.get(ENV_ID))
@@ -89,14 +107,44 @@ def join(coordinator: str | None = None, num_processes=None, process_id=None, *,
 def _initialize(coordinator, num, pid, heartbeat_s, timeout_s):
     # JAX's own heartbeat aborts a process whose peer died; the Watchdog's is shorter and says more
     beat = heartbeat_timeout(heartbeat_s)
+    who = f"process {pid} of {num}" if pid is not None else "this process"
+    where = coordinator or "the TPU pod's coordinator"
+    waiting, check = (("the other processes did not all join", "check that every process was started, with the "
+                       "same --coordinator and --num-processes") if pid == 0 else
+                      (f"no answer from the coordinator {where}", "check that process 0 runs and that its address "
+                       "and port are reachable from here"))
+    # a join that never completes ends in a C++ fatal error from JAX's runtime (uncatchable): a timer stops the
+    # process first, with one line; JAX's own deadline comes after it
+    late = _Deadline(timeout_s, f"error: {who} could not join the job at {where} within {timeout_s} s ({waiting}); "
+                                f"{check}, or raise --join-timeout (${ENV_JOIN_TIMEOUT})")
     try:
-        jax.distributed.initialize(coordinator, num, pid, initialization_timeout=int(timeout_s),
-                                   heartbeat_timeout_seconds=2 * beat + 30)
-    except Exception as e:  # a refused port, a coordinator that never came up, a duplicate process id
-        who = f"process {pid} of {num}" if pid is not None else "this process"
+        jax.distributed.initialize(coordinator, num, pid, heartbeat_timeout_seconds=2 * beat + 30,
+                                   initialization_timeout=int(timeout_s) + RUNTIME_JOIN_MARGIN_S)
+    except Exception as e:  # a refused port, a duplicate process id
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{who} could not join the job at {coordinator or 'the TPU pod'} within {timeout_s} s: "
-                         f"{first}") from None
+        raise ValueError(f"{who} could not join the job at {where}: {first}") from None
+    finally:
+        late.cancel()
+
+
+class _Deadline:
+    """Print ``message`` and exit 2 unless cancelled within ``seconds`` (the wait it guards holds no lock we
+    need: JAX releases the GIL while it connects)."""
+
+    def __init__(self, seconds: float, message: str):
+        self._done = threading.Event()
+        self._message = message
+        threading.Thread(target=self._run, args=(seconds,), name="bitembed-join-deadline", daemon=True).start()
+
+    def _run(self, seconds: float):
+        if not self._done.wait(seconds):
+            sys.stderr.write(self._message + "\n")
+            sys.stderr.flush()
+            sys.stdout.flush()
+            os._exit(2)
+
+    def cancel(self):
+        self._done.set()
 
 
 def agree(error: BaseException | None, what: str):
@@ -196,7 +244,8 @@ class Watchdog:
         hint = self.resume_hint()
         # on a line of its own: a progress bar may be holding the current one
         sys.stderr.write(f"\nerror: lost process {process} of {jax.process_count()} ({why}); process "
-                         f"{jax.process_index()} stops too.{' ' + hint if hint else ''}\n")
+                         f"{jax.process_index()} stops too.{' ' + hint if hint else ''}{runtime_output.where()}\n")
         sys.stderr.flush()
         sys.stdout.flush()
+        runtime_output.flush()
         os._exit(EXIT_RESUMABLE)

@@ -118,12 +118,13 @@ def check_disk_room(workdir: str, abstract_state, ckpt_cfg, num_steps: int, star
 
     Without this a full disk ends the run at a later save, after hours of training. Orbax writes the new
     checkpoint before it deletes the oldest, so keep + 1 copies of the state exist at the peak; the ones
-    already in the work dir (``saved`` of them) are rotated out. Orbax also saves the first step of a run.
+    already in the work dir (``saved`` of them) are rotated out.
     """
     if paths.is_remote(workdir):
         return
     every, keep = int(ckpt_cfg.every_steps), int(ckpt_cfg.keep)
-    future = num_steps // every - start // every + (0 if saved else 1)
+    # orbax saves every ``every`` steps, the run's first step (none saved yet) and its last one (forced)
+    future = num_steps // every - start // every + (0 if saved else 1) + (1 if num_steps % every else 0)
     per_copy = tree_bytes(abstract_state)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     # finished steps only: a half-written *.orbax-checkpoint-tmp folder left by a crash is not rotated out

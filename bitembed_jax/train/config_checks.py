@@ -43,6 +43,11 @@ def _check_init(cfg, check_paths: bool):
         for f in cfg.data.train_files:
             if not paths.exists(f):
                 raise FileNotFoundError(f"config.data.train_files: {f} not found")
+            if not paths.is_remote(f) and os.path.isdir(f):
+                raise ValueError(f"config.data.train_files: {f} is a folder; give JSONL or Parquet files")
+        ds = cfg.data.dataset_dir
+        if ds and not paths.is_remote(ds) and os.path.exists(ds) and not os.path.isdir(ds):
+            raise ValueError(f"config.data.dataset_dir: {ds} is a file; give the folder the dataset is built in")
 
 
 def _check_batch(cfg, num_devices: int, num_processes: int) -> int:

@@ -5,6 +5,7 @@ its share of the data; the processes agree on errors, on when to stop, and on th
 0 alone writes as the model folder.
 """
 import dataclasses
+import json
 import os
 import signal
 import sys
@@ -12,11 +13,13 @@ import time
 
 import jax
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from bitembed_jax.io import paths
-from bitembed_jax.io.model_dir import resolve_model_dir, save_model_dir
+from bitembed_jax.io.model_dir import CONFIG_NAME, refuse_onnx_folder, resolve_model_dir, save_model_dir
 from bitembed_jax.parallel.distributed import Watchdog, agree, any_process, heartbeat_timeout, join
+from bitembed_jax.parallel import runtime_output
 from bitembed_jax.parallel.mesh import make_mesh
 from bitembed_jax.train.build import (build_step, for_platform, load_student, load_teacher, read_teacher_config,
                                       student_config)
@@ -69,6 +72,7 @@ class Interrupts:
             # checkpoint is a temporary folder that the next run ignores
             sys.stderr.write("\naborted (second Ctrl-C): nothing saved since the last checkpoint\n")
             sys.stderr.flush()
+            runtime_output.flush()
             os._exit(130)
         if not self.requested:  # a step plus a checkpoint of a real model takes a while: say what is coming
             again = " (Ctrl-C again to abort without saving)" if signum == signal.SIGINT else ""
@@ -93,6 +97,7 @@ class Run:
     ckpt: Checkpointer
     teacher_args: tuple
     start: int
+    started_from: str  # the init model as the user named it (recorded in the model folder, checked by average)
 
 
 def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads=None, resume_from=None,
@@ -109,6 +114,8 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
     watchdog = Watchdog(heartbeat_timeout(), lambda: resume_hint(workdir)).start()
     try:
         run = setup(cfg, workdir, devices, make_pipeline, loss_and_grads, resume_from, allow_change)
+        if run is None:  # finished by an earlier run: nothing loaded, built or written
+            return paths.join(workdir, "model")
         if not run_steps(run):
             return None
         return finish(run)
@@ -123,10 +130,38 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
         watchdog.stop()
 
 
-def setup(cfg, workdir, devices, make_pipeline, loss_and_grads, resume_from, allow_change) -> Run:
-    cfg.init.model = resolve_model_dir(cfg.init.model)
-    devices = list(devices) if devices is not None else jax.devices()
-    validate_config(cfg, len(devices), jax.process_count())
+def check_workdir_apart(cfg, given_init: str, workdir: str):
+    """The work dir is written (config, checkpoints, dataset, model/): it must not be, hold or lie inside what
+    the run reads, or a rerun would read its own output (and ``encode`` of the folder its input)."""
+    inputs = [("--init-from (config.init.model)", given_init, cfg.init.model)]
+    if cfg.teacher.model:
+        inputs.append(("--teacher (config.teacher.model)", cfg.teacher.model))
+    inputs += [("config.data.train_files", f) for f in cfg.data.train_files]
+    paths.check_apart("--workdir", workdir, [i for i in inputs if not tiny_arch(i[1])],
+                      "give the run a folder of its own")
+
+
+def finished_at(workdir: str, num_steps: int) -> int | None:
+    """The step a finished run in ``workdir`` trained to (its model/ folder records it) when that is at least
+    ``num_steps``; None when there is training left to do."""
+    meta = paths.join(workdir, "model", CONFIG_NAME)
+    if not paths.exists(meta):
+        return None
+    steps = int((json.loads(epath.Path(meta).read_text()).get("train") or {}).get("steps") or 0)
+    return steps if steps >= num_steps else None
+
+
+def check_inputs_and_workdir(cfg, workdir, num_devices, resume_from, allow_change) -> tuple[bool, str, bool]:
+    """Everything checked before a weight is read: the inputs, the config, the work dir's record of it.
+    Returns (restarted: the work dir's earlier run left nothing to resume, started_from, finished: the work dir
+    holds this run finished, which is said on stdout)."""
+    given_init, cfg.init.model = cfg.init.model, resolve_model_dir(cfg.init.model)
+    for model in (cfg.init.model, cfg.teacher.model):
+        if model:
+            refuse_onnx_folder(model)
+    check_workdir_apart(cfg, given_init, workdir)
+    started_from = cfg.init.model if tiny_arch(cfg.init.model) else paths.absolute(cfg.init.model)
+    validate_config(cfg, num_devices, jax.process_count())
     is_main = jax.process_index() == 0
     error, restarted = None, False
     try:
@@ -136,6 +171,24 @@ def setup(cfg, workdir, devices, make_pipeline, loss_and_grads, resume_from, all
     except Exception as e:  # noqa: BLE001 - re-raised by agree, on every process
         error = e
     agree(error, "checking the work dir")
+    # process 0 decides for all: a pod's hosts may not share the work dir's files
+    done = finished_at(workdir, int(cfg.train.num_steps)) if is_main and resume_from is None else None
+    finished = any_process(done is not None)
+    if finished and is_main:
+        print(f"{workdir}: this run already finished at step {done} (model folder {paths.join(workdir, 'model')}); "
+              f"nothing to do. Raise --config.train.num_steps to train on from its last checkpoint, or give a new "
+              f"--workdir")
+    return restarted, started_from, finished
+
+
+def setup(cfg, workdir, devices, make_pipeline, loss_and_grads, resume_from, allow_change) -> Run | None:
+    """The run to advance, or None when the work dir holds this run finished."""
+    devices = list(devices) if devices is not None else jax.devices()
+    restarted, started_from, finished = check_inputs_and_workdir(cfg, workdir, len(devices), resume_from,
+                                                                 allow_change)
+    if finished:
+        return None
+    is_main = jax.process_index() == 0
     cfg = localize_inputs(cfg)
     if tiny_arch(cfg.init.model):  # the quickstart's: the work dir's config.json keeps "tiny:ARCH"
         cfg.init.model = make_tiny_backbone(cfg.init.model, workdir)
@@ -168,7 +221,7 @@ def setup(cfg, workdir, devices, make_pipeline, loss_and_grads, resume_from, all
     else:
         fns = build_step(cfg, graphdef, model_state, mesh, loss_and_grads=loss_and_grads)
     state, data_iter, ckpt, start = _initial_state(cfg, workdir, fns, model_state, pipeline)
-    return Run(cfg, workdir, mcfg, graphdef, fns, state, data_iter, ckpt, teacher_args, start)
+    return Run(cfg, workdir, mcfg, graphdef, fns, state, data_iter, ckpt, teacher_args, start, started_from)
 
 
 def _initial_state(cfg, workdir, fns, model_state, pipeline):
@@ -235,7 +288,8 @@ def run_steps(run: Run) -> bool:
                 writer.write(step, metrics)
                 t0, real_tokens = time.perf_counter(), 0
             stop = any_process(interrupts.requested is not None)  # every host stops at the same step
-            ckpt.save(step, run.state, run.data_iter.get_state(), force=stop)
+            # the last step is always saved: the run's end state is resumable if num_steps grows later
+            ckpt.save(step, run.state, run.data_iter.get_state(), force=stop or step == num_steps)
             if stop:
                 writer.message(f"{interrupts.requested or 'a signal on another host'}: saved step {step}, "
                                f"stopping; rerun the same command to resume")
@@ -270,7 +324,7 @@ def finish(run: Run) -> str:
     if jax.process_index() == 0:
         try:
             save_model_dir(out, final, run.mcfg, tokenizer_dir=cfg.init.model, overwrite=True,
-                           extra={"prompts": {"query": query_prefix(cfg)},
+                           extra={"prompts": {"query": query_prefix(cfg)}, "started_from": run.started_from,
                                   "train": {"steps": int(cfg.train.num_steps), "stage": cfg.stage},
                                   "precisions": sorted({p for p, w in cfg.loss.precisions.items() if w > 0}),
                                   "matryoshka_dims": sorted({int(d) for d in cfg.loss.matryoshka_dims})})
