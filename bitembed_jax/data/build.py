@@ -178,9 +178,12 @@ def build(files: Sequence[str], out_dir: str, runner, *, skip_bad: bool = False,
     options = {"skip_bad": skip_bad, "max_negatives": max_negatives, "validation_fraction": validation_fraction,
                "seed": seed}
     chunk_bytes = chunk_bytes or inputs.CHUNK_BYTES
-    files = inputs.expand_inputs(files)
+    given_files, files = list(files), inputs.expand_inputs(files)
     chunks, estimate = inputs.plan_chunks(files, chunk_bytes)
     out_dir = paths.absolute(out_dir).rstrip("/")
+    # an --overwrite into (or around) the corpus would delete what the build reads
+    given = [g for g in given_files if not any(c in g for c in "*?[")]  # folders given stay inputs as a whole
+    paths.check_apart("--out", out_dir, [("FILES", f) for f in given + files], "build into another folder")
     check_replaceable(out_dir, files, options, overwrite, overwrite_flag)
     check_free_space(out_dir, estimate + SHARD_OVERHEAD_BYTES * 2 * len(chunks))
     say(f"validating {len(files)} files ({estimate / 2**20:.0f} MiB, {len(chunks)} chunks)")

@@ -1,7 +1,6 @@
 """``bitembed-jax data build``: prepare a pairs dataset once, as an Apache Beam pipeline (imports on use)."""
 
-EXAMPLE = ("example: bitembed-jax data build 'corpus/*.jsonl' extra.parquet --out /data/pairs --workers 2\n"
-           "Dataflow: see docs/tpu.md, 'Prepare 10^8 pairs on Dataflow'")
+EXAMPLE_COMMAND = "bitembed-jax data build 'corpus/*.jsonl' extra.parquet --out /data/pairs --workers 2"
 
 
 def _beam_options(pairs: list[str]) -> dict:
@@ -37,19 +36,27 @@ def _build(args):
 
 
 def add_data_parser(sub):
-    import argparse
+    from bitembed_jax.cli_help import add_command
 
-    d = sub.add_parser("data", help="prepare training data once: validate pair files and write an ArrayRecord "
-                                    "dataset (Apache Beam: local processes, Dataflow, Flink, Spark)")
+    d = add_command(sub, "data", summary="prepare training data once: validate pair files and write an ArrayRecord "
+                                         "dataset (Apache Beam: local processes, Dataflow, Flink, Spark)",
+                    description="Prepare a pair corpus once, on an Apache Beam runner, into a dataset folder that "
+                                "every host of a pod reads in place (config.data.dataset_dir).",
+                    example=EXAMPLE_COMMAND)
     dsub = d.add_subparsers(dest="data_command", required=True)
-    b = dsub.add_parser("build", help="validate JSONL/Parquet pair files and write them as a dataset folder",
-                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b = add_command(dsub, "build", summary="validate JSONL/Parquet pair files and write them as a dataset folder",
+                    description="Validate every record (nothing is written if one is bad, unless --skip-bad), then "
+                                "write the pairs in input order as ArrayRecord shards with metadata.json (counts, "
+                                "sources, data_digest). The result does not depend on the runner or the number of "
+                                "workers. Dataflow: see docs/tpu.md, 'Prepare 10^8 pairs on Dataflow'.",
+                    example=EXAMPLE_COMMAND)
     b.add_argument("files", nargs="+", metavar="FILES",
                    help="JSONL or Parquet files, globs (quoted) or folders; local or gs://")
     b.add_argument("--out", required=True, help="the dataset folder (local, a mount, or gs://)")
-    b.add_argument("--workers", type=int, default=1, help="DirectRunner processes on this machine (default 1)")
+    b.add_argument("--workers", type=int, default=1, help="DirectRunner processes on this machine")
     b.add_argument("--runner", default="DirectRunner",
-                   choices=("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner"))
+                   choices=("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner"),
+                   help="the Beam runner (Dataflow, Flink and Spark take their settings from --beam-option)")
     b.add_argument("--beam-option", action="append", metavar="KEY=VALUE",
                    help="a Beam pipeline option, repeatable (project=..., region=..., temp_location=gs://..., "
                         "num_workers=..., setup_file=...)")
