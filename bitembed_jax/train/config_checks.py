@@ -38,10 +38,11 @@ def _check_init(cfg, check_paths: bool):
                              "(or tiny:qwen3 for the quickstart's tiny random backbone)")
         if tiny_arch(cfg.init.model) is None:
             check_folder("init.model", cfg.init.model)
-        if not cfg.data.train_files:
-            raise ValueError("config.data.train_files is empty")
+        if not cfg.data.train_files and not (cfg.data.dataset_dir and cfg.data.get("mode", "prepared") == "prepared"):
+            raise ValueError("config.data.train_files is empty (give files, or a prepared dataset as "
+                             "config.data.dataset_dir)")
         for f in cfg.data.train_files:
-            if not paths.exists(f):
+            if not any(c in f for c in "*?[") and not paths.exists(f):  # globs: stream mode expands them
                 raise FileNotFoundError(f"config.data.train_files: {f} not found")
 
 
@@ -97,6 +98,9 @@ def _check_teacher(cfg, chunks: int, check_paths: bool):
             raise ValueError("config.loss.num_chunks must be 1 when distilling: the teacher runs in the same step")
 
 
+DATA_MODES = ("prepared", "stream")
+
+
 def _check_data(cfg):
     max_neg, val = int(cfg.data.get("max_negatives", -1)), float(cfg.data.get("validation_fraction", 0.0))
     if max_neg < -1:
@@ -106,6 +110,11 @@ def _check_data(cfg):
                          f"from records cut to config.data.max_negatives={max_neg}")
     if not 0.0 <= val < 1.0:
         raise ValueError(f"config.data.validation_fraction={val} must be in [0, 1)")
+    mode = cfg.data.get("mode", "prepared")
+    if mode not in DATA_MODES:
+        raise ValueError(f"config.data.mode={mode!r} is not one of {', '.join(DATA_MODES)}")
+    if int(cfg.data.get("shuffle_window", 1)) < 1:
+        raise ValueError(f"config.data.shuffle_window={cfg.data.shuffle_window} must be >= 1 (1: no shuffle)")
 
 
 def _check_train(cfg):

@@ -23,7 +23,7 @@ from bitembed_jax.train.build import (build_step, for_platform, load_student, lo
 from bitembed_jax.train.checkpoint import Checkpointer, check_disk_room, check_or_write_config
 from bitembed_jax.train.config_checks import (check_teacher_fits, check_teacher_tokenizer, uses_teacher,
                                               validate_config)
-from bitembed_jax.train.data_setup import drop_stale_dataset, pipeline_from_config, query_prefix
+from bitembed_jax.train.data_setup import drop_stale_dataset, needs_local_files, pipeline_from_config, query_prefix
 from bitembed_jax.train.metrics import MetricsWriter
 from bitembed_jax.train.resume import check_finite_state, resume_hint, set_aside_later_checkpoints
 from bitembed_jax.train.step import with_shardings
@@ -35,7 +35,8 @@ class NonFiniteLoss(ValueError):
 
 
 def localize_inputs(cfg):
-    """A copy of ``cfg`` whose remote (gs://) model folders and training files are per-host local copies.
+    """A copy of ``cfg`` whose remote (gs://) model folders, and training files that a dataset is built from,
+    are per-host local copies (a prepared dataset and stream mode read in place).
 
     transformers, the JSONL/Parquet reader and the dataset build read local files; every host of a pod
     downloads its own copy once (see ``paths.local_copy``). The work dir keeps the user's paths.
@@ -44,7 +45,8 @@ def localize_inputs(cfg):
     cfg.init.model = paths.local_copy(cfg.init.model, "models")
     if cfg.teacher.model:
         cfg.teacher.model = paths.local_copy(cfg.teacher.model, "models")
-    cfg.data.train_files = [paths.local_copy(f, "data") for f in cfg.data.train_files]
+    if needs_local_files(cfg):
+        cfg.data.train_files = [paths.local_copy(f, "data") for f in cfg.data.train_files]
     return cfg
 
 
@@ -93,6 +95,7 @@ class Run:
     ckpt: Checkpointer
     teacher_args: tuple
     start: int
+    pipeline: object = None
 
 
 def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads=None, resume_from=None,
@@ -109,7 +112,9 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
     watchdog = Watchdog(heartbeat_timeout(), lambda: resume_hint(workdir)).start()
     try:
         run = setup(cfg, workdir, devices, make_pipeline, loss_and_grads, resume_from, allow_change)
-        if not run_steps(run):
+        done = run_steps(run)
+        _report_reads(run.pipeline)
+        if not done:
             return None
         return finish(run)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError):
@@ -168,7 +173,14 @@ def setup(cfg, workdir, devices, make_pipeline, loss_and_grads, resume_from, all
     else:
         fns = build_step(cfg, graphdef, model_state, mesh, loss_and_grads=loss_and_grads)
     state, data_iter, ckpt, start = _initial_state(cfg, workdir, fns, model_state, pipeline)
-    return Run(cfg, workdir, mcfg, graphdef, fns, state, data_iter, ckpt, teacher_args, start)
+    return Run(cfg, workdir, mcfg, graphdef, fns, state, data_iter, ckpt, teacher_args, start, pipeline)
+
+
+def _report_reads(pipeline):
+    """What this process read of the training data (each its share; a pod's logs show every process's line)."""
+    n = getattr(pipeline, "records_read", None)
+    if n is not None:
+        print(f"process {jax.process_index()} of {jax.process_count()} read {n} training records", flush=True)
 
 
 def _initial_state(cfg, workdir, fns, model_state, pipeline):
@@ -235,7 +247,7 @@ def run_steps(run: Run) -> bool:
                 writer.write(step, metrics)
                 t0, real_tokens = time.perf_counter(), 0
             stop = any_process(interrupts.requested is not None)  # every host stops at the same step
-            ckpt.save(step, run.state, run.data_iter.get_state(), force=stop)
+            ckpt.save(step, run.state, run.data_iter.get_state, force=stop)
             if stop:
                 writer.message(f"{interrupts.requested or 'a signal on another host'}: saved step {step}, "
                                f"stopping; rerun the same command to resume")
