@@ -53,6 +53,13 @@ class CountingSource:
         if folder:
             atexit.register(self._write, os.path.join(folder, f"process-{process_index}.json"))
 
+    def __getstate__(self):
+        # grain's worker processes get a copy: it counts there, unseen here (training reads in-process threads)
+        return {"_source": self._source, "process_index": self.process_index}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _lock=threading.Lock(), count=0, _indices=None)
+
     def __len__(self):
         return len(self._source)
 
