@@ -38,12 +38,24 @@ def _check_init(cfg, check_paths: bool):
                              "(or tiny:qwen3 for the quickstart's tiny random backbone)")
         if tiny_arch(cfg.init.model) is None:
             check_folder("init.model", cfg.init.model)
-        if not cfg.data.train_files and not (cfg.data.dataset_dir and cfg.data.get("mode", "prepared") == "prepared"):
-            raise ValueError("config.data.train_files is empty (give files, or a prepared dataset as "
-                             "config.data.dataset_dir)")
+        if not cfg.data.train_files:
+            _check_prepared_without_files(cfg)
         for f in cfg.data.train_files:
             if not any(c in f for c in "*?[") and not paths.exists(f):  # globs: stream mode expands them
                 raise FileNotFoundError(f"config.data.train_files: {f} not found")
+
+
+def _check_prepared_without_files(cfg):
+    """With no training files, config.data.dataset_dir must hold a prepared dataset (checked before any weight
+    is read)."""
+    if not (cfg.data.dataset_dir and cfg.data.get("mode", "prepared") == "prepared"):
+        raise ValueError("config.data.train_files is empty (give files, or a prepared dataset as "
+                         "config.data.dataset_dir)")
+    from bitembed_jax.data.prepared import is_prepared
+
+    if not is_prepared(cfg.data.dataset_dir):
+        raise FileNotFoundError(f"config.data.dataset_dir: no prepared dataset in {cfg.data.dataset_dir} (no "
+                                "metadata.json) and config.data.train_files is empty")
 
 
 def _check_batch(cfg, num_devices: int, num_processes: int) -> int:

@@ -70,12 +70,9 @@ def ensure_dataset(cfg, workdir: str, log=print) -> str:
                 error = e
         agree(error, f"checking the dataset {path}")
         return path
-    if cfg.data.dataset_dir and not cfg.data.train_files:
-        raise FileNotFoundError(f"config.data.dataset_dir: no prepared dataset in {cfg.data.dataset_dir} (missing "
-                                f"metadata.json) and config.data.train_files is empty")
     if per_host or jax.process_index() == 0:
         try:
-            if per_host:
+            if per_host and not (os.path.exists(path) and os.listdir(path)):
                 log(_per_host_cost(cfg, path))
             _build_or_check(cfg, path, log)
         except Exception as e:  # noqa: BLE001 - re-raised by agree, on every process
