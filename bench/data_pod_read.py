@@ -40,11 +40,15 @@ def write_pairs(path: str, n: int):
 def build(root: str, n: int) -> tuple[str, float, int]:
     from bitembed_jax.data.tfds_builder import build_dataset
 
-    src, out = os.path.join(root, f"pairs-{n}.jsonl"), os.path.join(root, f"ds-{n}")
+    src, out, record = (os.path.join(root, name) for name in (f"pairs-{n}.jsonl", f"ds-{n}", f"build-{n}.json"))
+    if os.path.exists(record):  # an earlier invocation with the same --out built it
+        return out, json.load(open(record))["seconds"], os.path.getsize(src)
     write_pairs(src, n)
     t0 = time.perf_counter()
     build_dataset([src], out)
-    return out, time.perf_counter() - t0, os.path.getsize(src)
+    secs = time.perf_counter() - t0
+    json.dump({"seconds": secs}, open(record, "w"))
+    return out, secs, os.path.getsize(src)
 
 
 def tile(base: str, n_base: int, k: int) -> str:
@@ -73,7 +77,10 @@ def encoder(root: str) -> str:
     from bitembed_jax.convert.hf_import import convert
     from bitembed_jax.testing.tiny_hf import make_tiny_hf
 
-    return convert(make_tiny_hf("qwen3", os.path.join(root, "hf")), os.path.join(root, "enc"), mode="fp")
+    out = os.path.join(root, "enc")
+    if os.path.exists(out):
+        return out
+    return convert(make_tiny_hf("qwen3", os.path.join(root, "hf")), out, mode="fp")
 
 
 def run_pod(root: str, enc: str, dataset: str, tag: str) -> dict:
@@ -83,6 +90,7 @@ def run_pod(root: str, enc: str, dataset: str, tag: str) -> dict:
            "--workdir", workdir, "--init-from", enc, "--config.init.mode=fp", "--config.train.num_steps=1",
            f"--config.train.batch_size={BATCH}", "--config.train.log_every=1", "--config.train.warmup_steps=0",
            "--config.data.train_files=[]", f"--config.data.dataset_dir={dataset}", "--config.data.query_max_len=16",
+           "--config.data.query_instruction=",
            "--config.data.passage_max_len=24", "--config.checkpoint.async_save=False"]
     env = {**os.environ, "PYTHONPATH": ROOT, "BITEMBED_CACHE": cache, "BITEMBED_DATA_READS": reads}
     t0 = time.perf_counter()
