@@ -157,7 +157,7 @@ def test_stream_mode_trains_the_quickstart_and_resumes_after_sigterm_like_an_uni
     full = data_pod["root"] / "stream-full"
     rc, out = _local_pod(2, 4, _stream_args(data_pod, full))
     assert rc == 0, out
-    assert "streaming every 2th record of 1 file(s)" in out and "built dataset" not in out
+    assert "streaming records 0 mod 2 of 1 file(s)" in out and "built dataset" not in out
     assert not os.path.exists(full / "dataset")
 
     cut = data_pod["root"] / "stream-cut"

@@ -76,6 +76,7 @@ def test_shards_split_files_or_records_and_cover_the_corpus(corpus, tokenizer):
     assert p2.stride == (0, 1) and [f for _, f in p2.my_files] == p2.files[0::2]  # by file: 4 files >= 2
     p6, _ = queries(6, 1, 1)
     assert p6.stride == (1, 6) and len(p6.my_files) == 4  # by record: 4 files < 6 processes
+    assert p6.describe() == "streaming records 1 mod 6 of 4 file(s), shuffle window 1"
     seen = set()
     for i in range(6):  # one epoch of every shard: disjoint, and together every record once
         p, got = queries(6, i, len(range(i, 37, 6)) * 3 + len(range(i, 50, 6)))

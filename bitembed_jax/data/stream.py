@@ -175,7 +175,7 @@ class StreamPipeline:
 
     def describe(self) -> str:
         how = (f"{len(self.my_files)} of {len(self.files)} files" if self.stride[1] == 1 else
-               f"every {self.stride[1]}th record of {len(self.files)} file(s), from record {self.stride[0]}")
+               f"records {self.stride[0]} mod {self.stride[1]} of {len(self.files)} file(s)")
         return f"streaming {how}, shuffle window {self._window}"
 
     def _epoch(self, epoch: int) -> grain.IterDataset:

@@ -19,9 +19,9 @@ SUFFIXES = records.JSONL_SUFFIXES + records.PARQUET_SUFFIXES
 
 def _glob(pattern: str) -> list[str]:
     if paths.is_remote(pattern):
-        head, _, rest = pattern.partition("*")
-        root = epath.Path(head.rsplit("/", 1)[0])
-        return sorted(str(p) for p in root.glob(pattern[len(str(root)) + 1:]))
+        first = min(i for i in (pattern.find(c) for c in "*?[") if i >= 0)
+        root = pattern[:first].rsplit("/", 1)[0]  # the folder above the first wildcard: listed once
+        return sorted(str(p) for p in epath.Path(root).glob(pattern[len(root) + 1:]))
     return sorted(globlib.glob(pattern, recursive=True))
 
 
@@ -119,10 +119,15 @@ class _Records(DatasetIterator):
         s["record"] += 1
         return f"{self._path}: row index {n}", raw, n
 
+    def close(self):
+        self._file.close()  # gcsfs's read-ahead tasks end with it, not at interpreter shutdown
+        super().close()
+
     def get_state(self):
         return dict(self._state)
 
     def set_state(self, state):
+        self._file.close()
         self.__init__(self._path, state)
 
 
@@ -158,10 +163,15 @@ class _Pairs(DatasetIterator):
                 out["negatives"] = [pair.negatives[order[i % len(order)]] for i in range(d.num_negatives)]
             return out
 
+    def close(self):
+        self._records.close()
+        super().close()
+
     def get_state(self):
         return self._records.get_state()
 
     def set_state(self, state):
+        self._records.close()
         self._records = _Records(self._ds.path, state)
 
 
