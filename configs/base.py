@@ -17,7 +17,11 @@ def get_config():
 
     c.data = ml_collections.ConfigDict()
     c.data.train_files = []  # JSONL / Parquet of {"query", "positive", "negatives"?}
-    c.data.dataset_dir = ""  # built ArrayRecord dataset (default: WORKDIR/dataset)
+    # a prepared dataset (read in place by every host: local, a shared mount, gs://), or where to build one
+    # (default: WORKDIR/dataset); train_files may be empty when it holds a prepared dataset
+    c.data.dataset_dir = ""
+    c.data.mode = "prepared"  # or "stream": read train_files directly, each host its slice, no build
+    c.data.shuffle_window = 10_000  # stream mode: records shuffled together per host (1: file order)
     c.data.query_max_len = 64
     c.data.passage_max_len = 256
     c.data.num_negatives = 0

@@ -21,8 +21,8 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from bitembed_jax.data import tfds_builder
-from bitembed_jax.data.tokenize import DEFAULT_QUERY_TEMPLATE, Tokenize
+from bitembed_jax.data.prepared import CountingSource, read_metadata
+from bitembed_jax.data.tokenize import DEFAULT_QUERY_TEMPLATE, PairArrays
 
 
 def _text(x: Any) -> str:
@@ -65,7 +65,8 @@ class PairPipeline:
     ``it.set_state(state)`` on a fresh iterator to continue with exactly the same batches.
 
     Args (beyond the shapes above):
-      data_dir: a folder written by ``build_dataset``; ``split`` one of its splits.
+      data_dir: a folder written by ``build_dataset``, local or ``gs://``, read in place; ``split`` one of its
+        splits. ``records_read`` counts the records this process has read from it (its share, plus read-ahead).
       tokenizer: a Hugging Face tokenizer object (``AutoTokenizer.from_pretrained(...)``).
       seed, shuffle: the record order is a seeded permutation, different every epoch.
       num_epochs: None repeats forever; a number ends the iterator after that many epochs.
@@ -94,7 +95,7 @@ class PairPipeline:
             raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
         if instruction is not None and "{query}" not in query_template:
             raise ValueError(f"query_template must contain '{{query}}', got {query_template!r}")
-        stats = tfds_builder.load_metadata(data_dir)["splits"]
+        stats = read_metadata(data_dir)["splits"]
         if split not in stats:
             raise ValueError(f"split {split!r} not in {data_dir} (has {sorted(stats)})")
         if num_negatives and stats[split]["without_negatives"]:
@@ -108,31 +109,19 @@ class PairPipeline:
             raise ValueError(f"{self.num_records} records in [{split}] is less than one global batch "
                              f"of {global_batch_size}")
         self.local_batch_size = global_batch_size // shard_count
-        self._source = tfds.builder_from_directory(data_dir).as_data_source(split)
-        self._tokenize = Tokenize(tokenizer, add_eos=add_eos)
+        self._source = CountingSource(tfds.builder_from_directory(data_dir).as_data_source(split), shard_index)
+        self._to_arrays = PairArrays(tokenizer, max_query_len=max_query_len, max_passage_len=max_passage_len,
+                                     num_negatives=num_negatives, instruction=instruction,
+                                     query_template=query_template, add_eos=add_eos)
         self._cfg = dict(global_batch_size=global_batch_size, max_query_len=max_query_len,
                          max_passage_len=max_passage_len, num_negatives=num_negatives, seed=seed, shuffle=shuffle,
                          num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count,
                          instruction=instruction, query_template=query_template, worker_count=worker_count,
                          read_threads=read_threads, prefetch_batches=prefetch_batches)
 
-    def _format_query(self, query: str) -> str:
-        c = self._cfg
-        if c["instruction"] is None:
-            return query
-        return c["query_template"].format(instruction=c["instruction"], query=query)
-
-    def _to_arrays(self, rows: list[dict]) -> dict[str, np.ndarray]:
-        c = self._cfg
-        q_ids, q_mask = self._tokenize([self._format_query(r["query"]) for r in rows], c["max_query_len"])
-        p_ids, p_mask = self._tokenize([r["positive"] for r in rows], c["max_passage_len"])
-        batch = {"query_ids": q_ids, "query_mask": q_mask, "passage_ids": p_ids, "passage_mask": p_mask}
-        k = c["num_negatives"]
-        if k:
-            n_ids, n_mask = self._tokenize([n for r in rows for n in r["negatives"]], c["max_passage_len"])
-            batch["negative_ids"] = n_ids.reshape(len(rows), k, -1)
-            batch["negative_mask"] = n_mask.reshape(len(rows), k, -1)
-        return batch
+    @property
+    def records_read(self) -> int:
+        return self._source.count
 
     def dataset(self) -> grain.IterDataset:
         c = self._cfg

@@ -42,3 +42,30 @@ class Tokenize:
             ids[row, :len(seq)] = seq
             mask[row, :len(seq)] = 1
         return ids, mask
+
+
+class PairArrays:
+    """Rows of {"query", "positive", "negatives"?} -> the batch dict of int32 arrays training reads (the
+    prepared and the streaming pipelines share it, so both give the same shapes and query format)."""
+
+    def __init__(self, tokenizer, *, max_query_len: int, max_passage_len: int, num_negatives: int = 0,
+                 instruction: str | None = None, query_template: str = DEFAULT_QUERY_TEMPLATE, add_eos: bool = True):
+        self.tokenize = Tokenize(tokenizer, add_eos=add_eos)
+        self.max_query_len, self.max_passage_len, self.num_negatives = max_query_len, max_passage_len, num_negatives
+        self.instruction, self.query_template = instruction, query_template
+
+    def format_query(self, query: str) -> str:
+        if self.instruction is None:
+            return query
+        return self.query_template.format(instruction=self.instruction, query=query)
+
+    def __call__(self, rows: list[dict]) -> dict[str, np.ndarray]:
+        q_ids, q_mask = self.tokenize([self.format_query(r["query"]) for r in rows], self.max_query_len)
+        p_ids, p_mask = self.tokenize([r["positive"] for r in rows], self.max_passage_len)
+        batch = {"query_ids": q_ids, "query_mask": q_mask, "passage_ids": p_ids, "passage_mask": p_mask}
+        k = self.num_negatives
+        if k:
+            n_ids, n_mask = self.tokenize([n for r in rows for n in r["negatives"]], self.max_passage_len)
+            batch["negative_ids"] = n_ids.reshape(len(rows), k, -1)
+            batch["negative_mask"] = n_mask.reshape(len(rows), k, -1)
+        return batch

@@ -26,7 +26,8 @@ HISTORY_FILE = "history.jsonl"
 RESUMABLE_PREFIXES = ("train.num_steps", "train.log_every", "checkpoint.", "mesh.", "data.dataset_dir")
 # keys added after work dirs existed, with the value that trains as before the key existed: a saved config
 # without the key resumes when the key still has that value
-ADDED_KEYS = {"train.quant_warmup_steps": 0, "data.max_negatives": -1, "data.validation_fraction": 0.0}
+ADDED_KEYS = {"train.quant_warmup_steps": 0, "data.max_negatives": -1, "data.validation_fraction": 0.0,
+              "data.mode": "prepared", "data.shuffle_window": 10_000}
 
 
 def _flatten(d, prefix=""):
@@ -167,6 +168,12 @@ class Checkpointer:
         return CheckpointSaveError(f"saving a checkpoint in {self.directory} failed at step {step}: {e}\n{survives}")
 
     def save(self, step: int, state, data_state, *, force: bool = False) -> bool:
+        """``data_state``: the data iterator's position, or a function returning it, called only when this step
+        is saved (a streaming iterator's state is a collective over the processes)."""
+        if callable(data_state):
+            if not (force or self.manager.should_save(step)):
+                return False
+            data_state = data_state()
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   data=ocp.args.JsonSave(_encode_data_state(data_state)))
         try:

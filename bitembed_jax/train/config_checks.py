@@ -39,15 +39,28 @@ def _check_init(cfg, check_paths: bool):
         if tiny_arch(cfg.init.model) is None:
             check_folder("init.model", cfg.init.model)
         if not cfg.data.train_files:
-            raise ValueError("config.data.train_files is empty")
+            _check_prepared_without_files(cfg)
         for f in cfg.data.train_files:
-            if not paths.exists(f):
+            if not any(c in f for c in "*?[") and not paths.exists(f):  # globs: stream mode expands them
                 raise FileNotFoundError(f"config.data.train_files: {f} not found")
             if not paths.is_remote(f) and os.path.isdir(f):
                 raise ValueError(f"config.data.train_files: {f} is a folder; give JSONL or Parquet files")
         ds = cfg.data.dataset_dir
         if ds and not paths.is_remote(ds) and os.path.exists(ds) and not os.path.isdir(ds):
             raise ValueError(f"config.data.dataset_dir: {ds} is a file; give the folder the dataset is built in")
+
+
+def _check_prepared_without_files(cfg):
+    """With no training files, config.data.dataset_dir must hold a prepared dataset (checked before any weight
+    is read)."""
+    if not (cfg.data.dataset_dir and cfg.data.get("mode", "prepared") == "prepared"):
+        raise ValueError("config.data.train_files is empty (give files, or a prepared dataset as "
+                         "config.data.dataset_dir)")
+    from bitembed_jax.data.prepared import is_prepared
+
+    if not is_prepared(cfg.data.dataset_dir):
+        raise FileNotFoundError(f"config.data.dataset_dir: no prepared dataset in {cfg.data.dataset_dir} (no "
+                                "metadata.json) and config.data.train_files is empty")
 
 
 def _check_batch(cfg, num_devices: int, num_processes: int) -> int:
@@ -102,6 +115,9 @@ def _check_teacher(cfg, chunks: int, check_paths: bool):
             raise ValueError("config.loss.num_chunks must be 1 when distilling: the teacher runs in the same step")
 
 
+DATA_MODES = ("prepared", "stream")
+
+
 def _check_data(cfg):
     max_neg, val = int(cfg.data.get("max_negatives", -1)), float(cfg.data.get("validation_fraction", 0.0))
     if max_neg < -1:
@@ -111,6 +127,11 @@ def _check_data(cfg):
                          f"from records cut to config.data.max_negatives={max_neg}")
     if not 0.0 <= val < 1.0:
         raise ValueError(f"config.data.validation_fraction={val} must be in [0, 1)")
+    mode = cfg.data.get("mode", "prepared")
+    if mode not in DATA_MODES:
+        raise ValueError(f"config.data.mode={mode!r} is not one of {', '.join(DATA_MODES)}")
+    if int(cfg.data.get("shuffle_window", 1)) < 1:
+        raise ValueError(f"config.data.shuffle_window={cfg.data.shuffle_window} must be >= 1 (1: no shuffle)")
 
 
 def _check_train(cfg):

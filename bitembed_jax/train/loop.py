@@ -26,7 +26,7 @@ from bitembed_jax.train.build import (build_step, for_platform, load_student, lo
 from bitembed_jax.train.checkpoint import Checkpointer, check_disk_room, check_or_write_config
 from bitembed_jax.train.config_checks import (check_teacher_fits, check_teacher_tokenizer, uses_teacher,
                                               validate_config)
-from bitembed_jax.train.data_setup import drop_stale_dataset, pipeline_from_config, query_prefix
+from bitembed_jax.train.data_setup import drop_stale_dataset, needs_local_files, pipeline_from_config, query_prefix
 from bitembed_jax.train.metrics import MetricsWriter
 from bitembed_jax.train.resume import check_finite_state, resume_hint, set_aside_later_checkpoints
 from bitembed_jax.train.step import with_shardings
@@ -38,7 +38,8 @@ class NonFiniteLoss(ValueError):
 
 
 def localize_inputs(cfg):
-    """A copy of ``cfg`` whose remote (gs://) model folders and training files are per-host local copies.
+    """A copy of ``cfg`` whose remote (gs://) model folders, and training files that a dataset is built from,
+    are per-host local copies (a prepared dataset and stream mode read in place).
 
     transformers, the JSONL/Parquet reader and the dataset build read local files; every host of a pod
     downloads its own copy once (see ``paths.local_copy``). The work dir keeps the user's paths.
@@ -47,7 +48,8 @@ def localize_inputs(cfg):
     cfg.init.model = paths.local_copy(cfg.init.model, "models")
     if cfg.teacher.model:
         cfg.teacher.model = paths.local_copy(cfg.teacher.model, "models")
-    cfg.data.train_files = [paths.local_copy(f, "data") for f in cfg.data.train_files]
+    if needs_local_files(cfg):
+        cfg.data.train_files = [paths.local_copy(f, "data") for f in cfg.data.train_files]
     return cfg
 
 
@@ -98,6 +100,7 @@ class Run:
     teacher_args: tuple
     start: int
     started_from: str  # the init model as the user named it (recorded in the model folder, checked by average)
+    pipeline: object = None
 
 
 def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads=None, resume_from=None,
@@ -116,7 +119,9 @@ def train(cfg, workdir: str, *, devices=None, make_pipeline=None, loss_and_grads
         run = setup(cfg, workdir, devices, make_pipeline, loss_and_grads, resume_from, allow_change)
         if run is None:  # finished by an earlier run: nothing loaded, built or written
             return paths.join(workdir, "model")
-        if not run_steps(run):
+        done = run_steps(run)
+        _end_data(run)
+        if not done:
             return None
         return finish(run)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError):
@@ -221,7 +226,17 @@ def setup(cfg, workdir, devices, make_pipeline, loss_and_grads, resume_from, all
     else:
         fns = build_step(cfg, graphdef, model_state, mesh, loss_and_grads=loss_and_grads)
     state, data_iter, ckpt, start = _initial_state(cfg, workdir, fns, model_state, pipeline)
-    return Run(cfg, workdir, mcfg, graphdef, fns, state, data_iter, ckpt, teacher_args, start, started_from)
+    return Run(cfg, workdir, mcfg, graphdef, fns, state, data_iter, ckpt, teacher_args, start, started_from, pipeline)
+
+
+def _end_data(run: Run):
+    """Stop the data iterator's read-ahead (open gs:// files end cleanly, not at interpreter shutdown) and say
+    what this process read of the training data (each its share; a pod's logs show every process's line)."""
+    if hasattr(run.data_iter, "close"):
+        run.data_iter.close()
+    n = getattr(run.pipeline, "records_read", None)
+    if n is not None:
+        print(f"process {jax.process_index()} of {jax.process_count()} read {n} training records", flush=True)
 
 
 def _initial_state(cfg, workdir, fns, model_state, pipeline):
@@ -289,7 +304,7 @@ def run_steps(run: Run) -> bool:
                 t0, real_tokens = time.perf_counter(), 0
             stop = any_process(interrupts.requested is not None)  # every host stops at the same step
             # the last step is always saved: the run's end state is resumable if num_steps grows later
-            ckpt.save(step, run.state, run.data_iter.get_state(), force=stop or step == num_steps)
+            ckpt.save(step, run.state, run.data_iter.get_state, force=stop or step == num_steps)
             if stop:
                 writer.message(f"{interrupts.requested or 'a signal on another host'}: saved step {step}, "
                                f"stopping; rerun the same command to resume")
