@@ -182,6 +182,9 @@ def build_parser():
     add_pod_flags(add_eval_parser(sub))
     add_local_pod_parser(sub)
     _add_make_tiny_parser(sub)
+    from bitembed_jax.index.cli_index import add_index_parser  # argparse only: the engines load when a command runs
+
+    add_index_parser(sub)
     return p
 
 

@@ -23,10 +23,10 @@ import dataclasses
 
 import numpy as np
 
+from bitembed_jax.choices import INDEX_PRECISIONS as PRECISIONS
 from bitembed_jax.quant.calibration import Calibration
 from bitembed_jax.quant.storage import StoredEmbeddings, encode_storage, int_codes
 
-PRECISIONS = ("fp32", "fp32-calibrated", "int8", "int4", "int2", "binary")
 KIND = {"fp32": "f32", "fp32-calibrated": "f32", "int8": "i8", "int4": "i8", "int2": "i8", "binary": "b1"}
 
 

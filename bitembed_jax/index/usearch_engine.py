@@ -53,7 +53,7 @@ class UsearchEngine:
             self.index.expansion_search = self.hnsw.ef(count)
             m = self.index.search(q, count, threads=threads, dtype=self.kind)
         keys, dist = np.atleast_2d(m.keys), np.atleast_2d(m.distances).astype(np.float32)
-        found = np.atleast_1d(m.counts)
+        found = np.atleast_1d(m.counts) if hasattr(m, "counts") else np.array([len(m.keys)])  # one query: Matches
         if keys.shape[1] < count:
             keys = np.pad(keys, ((0, 0), (0, count - keys.shape[1])))
             dist = np.pad(dist, ((0, 0), (0, count - dist.shape[1])), constant_values=np.nan)
