@@ -52,7 +52,7 @@ def queries_per_second(search, queries: np.ndarray, threads: int, min_seconds: f
             return done / el
 
 
-def latencies_ms(search, queries: np.ndarray, limit: int = 200) -> tuple[float, float]:
+def latencies_ms(search, queries: np.ndarray, limit: int = 100) -> tuple[float, float]:
     """p50 and p99 of one query at a time (one thread), over at most ``limit`` queries."""
     ts = []
     for i in range(min(limit, len(queries))):
