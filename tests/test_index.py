@@ -163,3 +163,17 @@ def test_pgvector_matches_numpy_and_leaves_nothing_running(data):
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert not os.path.exists(root)
+
+
+def test_bench_reference_and_recall_helpers():
+    from bitembed_jax.index import bench_metrics as bm
+
+    rng = np.random.default_rng(0)
+    d, q = rng.standard_normal((1000, 16)).astype(np.float32), rng.standard_normal((5, 16)).astype(np.float32)
+    np.testing.assert_array_equal(bm.exact_top(q, d, 7, block=64), np.argsort(-(q @ d.T), axis=1)[:, :7])
+    np.testing.assert_array_equal(bm.exact_top(q, d, 7, block=64, transform=lambda x: 2 * x + 1),
+                                  np.argsort(-(q @ (2 * d + 1).T), axis=1)[:, :7])
+    found = np.array([[1, 2, 3, -1], [5, 6, 7, 8]])
+    np.testing.assert_allclose(bm.recall_per_query(found, np.array([[1, 2, 9, 10], [8, 7, 6, 5]])), [0.5, 1.0])
+    lo, hi = bm.bootstrap_interval(np.array([0.0, 1.0] * 50), 500)
+    assert lo < 0.5 < hi and hi - lo < 0.25

@@ -97,7 +97,7 @@ def _engine_setting(engine, coding, corpus, hnsw, work, pg):
         return ix, {"index_disk_bytes": disk, "bytes_per_vector": disk / n, "engine_memory_bytes": None,
                     "rss_delta_bytes": None, "rescore_disk_bytes": None}, sec, ix.close
     folder = os.path.join(work, f"{engine}-{coding.precision}-{'hnsw' if hnsw else 'flat'}")
-    vectors = chunked(coding.engine_vectors, corpus.docs)
+    vectors = corpus.docs if coding.precision == "fp32" else chunked(coding.engine_vectors, corpus.docs)
     rescore = store_chunked(coding, corpus.docs, True) if coding.rescorable else None
     built = VectorIndex.build(folder, vectors, coding, engine, hnsw=hnsw, rescore_store=rescore, overwrite=True)
     sec = built.manifest["build"]["seconds"]
@@ -119,7 +119,7 @@ def run_grid(corpus: Corpus, engines, precisions, variants, rescores, threads, c
     from contextlib import nullcontext
 
     refs = {"fp32": bm.exact_top(corpus.queries, corpus.docs, k),
-            "fp32_calibrated": bm.exact_top(cal.apply(corpus.queries), chunked(cal.apply, corpus.docs), k)}
+            "fp32_calibrated": bm.exact_top(cal.apply(corpus.queries), corpus.docs, k, transform=cal.apply)}
     fp32_ndcg = None
     if corpus.qrels is not None:
         fp32_ndcg = bm.ndcg_at_k(refs["fp32"], corpus.query_ids, corpus.corpus_ids, corpus.qrels, k)
@@ -158,28 +158,40 @@ def _one_setting(engine, coding, corpus, variant, rescores, threads, refs, k, re
     return rows
 
 
-def _beir_corpus(args, enc) -> Corpus:
+def _beir_corpus(args, load_encoder) -> Corpus:
     from bitembed_jax.eval.local import embed_texts, read_beir
 
     data = read_beir(args.retrieval)
+    enc = load_encoder()
     docs = embed_texts(enc, data.corpus_texts, batch_size=args.batch_size)
     queries = embed_texts(enc, data.query_texts, batch_size=args.batch_size, prompt=enc.prompts.get("query", ""))
     return Corpus(data.name, docs, queries, data.query_ids, data.corpus_ids, data.qrels)
 
 
-def _synthetic_corpus(args, enc) -> Corpus:
+def _stats_vectors(args, load_encoder) -> tuple[np.ndarray, str]:
+    """The real vectors whose statistics the synthetic corpus copies: a .npy from ``encode``, or a BEIR folder's
+    passages encoded here."""
     from bitembed_jax.eval.local import embed_texts, read_beir
-    from bitembed_jax.index.synthetic import draw
 
     if not args.stats_from:
-        raise ValueError("--synthetic needs --stats-from BEIR_DIR (the passages whose vectors give the statistics)")
+        raise ValueError("--synthetic needs --stats-from: a BEIR folder, or FILE.npy of the model's vectors")
+    if args.stats_from.endswith(".npy"):
+        if not os.path.exists(args.stats_from):
+            raise FileNotFoundError(f"--stats-from {args.stats_from} not found")
+        return np.load(args.stats_from, allow_pickle=False), os.path.basename(args.stats_from)
     data = read_beir(args.stats_from)
-    real = embed_texts(enc, data.corpus_texts, batch_size=args.batch_size)
+    return embed_texts(load_encoder(), data.corpus_texts, batch_size=args.batch_size), data.name
+
+
+def _synthetic_corpus(args, load_encoder) -> Corpus:
+    from bitembed_jax.index.synthetic import draw
+
+    real, name = _stats_vectors(args, load_encoder)
     unit = bool(np.allclose(np.linalg.norm(real, axis=1), 1.0, atol=1e-3))
     mean, std = real.mean(axis=0), real.std(axis=0)
     docs = draw(mean, std, args.synthetic, seed=0, unit=unit)
     queries = draw(mean, std, args.synthetic_queries, seed=1, unit=unit)
-    return Corpus(f"synthetic-{args.synthetic}-from-{data.name}", docs, queries)
+    return Corpus(f"synthetic-{args.synthetic}-from-{len(real)}-vectors-of-{name}", docs, queries)
 
 
 def run_bench_cli(args) -> None:
@@ -197,9 +209,10 @@ def run_bench_cli(args) -> None:
     if args.retrieval and not os.path.isdir(args.retrieval):
         raise FileNotFoundError(f"--retrieval {args.retrieval} not found")
     os.makedirs(out, exist_ok=True)
-    enc = Encoder.from_pretrained(args.model)
-    corpus = _beir_corpus(args, enc) if args.retrieval else _synthetic_corpus(args, enc)
-    del enc
+    def load_encoder():  # only when texts are encoded
+        return Encoder.from_pretrained(args.model)
+
+    corpus = (_beir_corpus if args.retrieval else _synthetic_corpus)(args, load_encoder)
     gc.collect()
     cal = enc_cal = None
     if args.calibration in ("auto", "model"):

@@ -4,13 +4,15 @@ import time
 import numpy as np
 
 
-def exact_top(queries: np.ndarray, docs: np.ndarray, k: int, block: int = 65536) -> np.ndarray:
+def exact_top(queries: np.ndarray, docs: np.ndarray, k: int, block: int = 65536, transform=None) -> np.ndarray:
     """(nq, k) int64 rows of the k largest inner products, in blocks of ``block`` documents (a 1M corpus never
-    makes a (nq, n) matrix); ties broken by the lower row."""
+    makes a (nq, n) matrix, nor a transformed copy: ``transform`` maps each block, e.g. a calibration); ties
+    broken by the lower row."""
     best_s = np.full((len(queries), 0), -np.inf, np.float32)
     best_i = np.zeros((len(queries), 0), np.int64)
     for s in range(0, len(docs), block):
-        sc = queries @ np.asarray(docs[s:s + block], np.float32).T
+        chunk = np.asarray(docs[s:s + block], np.float32)
+        sc = queries @ (chunk if transform is None else transform(chunk)).T
         best_s = np.concatenate([best_s, sc], axis=1)
         best_i = np.concatenate([best_i, np.broadcast_to(np.arange(s, s + sc.shape[1]), sc.shape)], axis=1)
         order = np.lexsort((best_i, -best_s), axis=1)[:, :k]
