@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from bitembed_jax.index import bench_metrics as bm
-from bitembed_jax.index.coding import PRECISIONS, Coding, fit_calibration
+from bitembed_jax.index.coding import PRECISIONS, Coding, describe, fit_calibration
 from bitembed_jax.index.engine import ENGINES, Hnsw
 from bitembed_jax.index.synthetic import chunked
 from bitembed_jax.quant.storage import StoredEmbeddings
@@ -197,7 +197,6 @@ def _synthetic_corpus(args, load_encoder) -> Corpus:
 def run_bench_cli(args) -> None:
     from bitembed_jax.encode import Encoder
     from bitembed_jax.index.bench_report import write_report
-    from bitembed_jax.index.cli_index import cal_label
 
     engines = _list(args.engines, ENGINES, "--engines")
     precisions = list(PRECISIONS) if args.precision == "all" else _list(args.precision, PRECISIONS, "--precision")
@@ -230,7 +229,7 @@ def run_bench_cli(args) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     meta = {"corpus": corpus.name, "n": len(corpus.docs), "queries": len(corpus.queries), "dim": corpus.docs.shape[1],
-            "model": os.path.abspath(args.model), "calibration": cal_label(cal), "k": args.k,
+            "model": os.path.abspath(args.model), "calibration": describe(cal), "k": args.k,
             "host": _host(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     write_report(out, meta, rows)
     print(f"wrote {len(rows)} rows to {out}/index_bench.md (.json, .png)")

@@ -29,12 +29,15 @@ def _read_corpus(path: str):
     return read_texts(path)
 
 
-def _model_record(model: str) -> dict:
+def _model_record(model: str) -> tuple[dict, object]:
+    """What the manifest records of the model, and the model folder's calibration (or None)."""
     from bitembed_jax.index.folder import model_fingerprint
     from bitembed_jax.io.model_dir import read_config
+    from bitembed_jax.quant.calibration import model_calibration
 
-    cfg, _ = read_config(model)
-    return {"path": os.path.abspath(model), "fingerprint": model_fingerprint(model), "dim": int(cfg.hidden_size)}
+    cfg, meta = read_config(model)
+    record = {"path": os.path.abspath(model), "fingerprint": model_fingerprint(model), "dim": int(cfg.hidden_size)}
+    return record, model_calibration(meta)
 
 
 def _calibration(choice: str, precision: str, encoder_cal, floats, source: str):
@@ -55,11 +58,41 @@ def _calibration(choice: str, precision: str, encoder_cal, floats, source: str):
     return fit_calibration(floats, source)
 
 
-def run_build(args) -> None:
+def _coded(args, corpus, model: dict, model_cal):
+    """(Coding, what the engine stores, the int8 rescoring store or None) for texts, floats or stored codes."""
     import numpy as np
 
-    from bitembed_jax.index.coding import Coding, check_precision, engine_codes
-    from bitembed_jax.index.engine import Hnsw, engine_class
+    from bitembed_jax.index.coding import Coding, engine_codes
+
+    source = f"{len(corpus)} vectors of {os.path.basename(args.input)}"
+    if isinstance(corpus, (np.ndarray, list)):
+        if isinstance(corpus, list):
+            from bitembed_jax.eval.local import embed_texts
+
+            floats = embed_texts(_encoder(args.model, args), corpus, batch_size=args.batch_size)
+        elif corpus.shape[1] != model["dim"]:
+            raise ValueError(f"--input {args.input}: {corpus.shape[1]}-dim vectors, {args.model} makes {model['dim']}")
+        else:
+            floats = corpus
+        cal = _calibration(args.calibration, args.precision, model_cal, floats, source)
+        coding = Coding(args.precision, floats.shape[1], cal)
+        vectors, rescore = coding.engine_vectors(floats), (coding.rescore_store(floats) if coding.rescorable else None)
+    else:  # stored codes: in the engine as they are; rescoring only if they are the int8 codes themselves
+        want = "fp32" if args.precision == "fp32-calibrated" else args.precision
+        if corpus.precision != want or args.precision == "fp32-calibrated":
+            raise ValueError(f"--input {args.input} holds {corpus.precision} codes; --precision {args.precision} "
+                             f"needs {want if want != args.precision else 'float'} vectors or texts")
+        if corpus.dim != model["dim"]:
+            raise ValueError(f"--input {args.input}: {corpus.dim}-dim codes, {args.model} makes {model['dim']}")
+        coding = Coding(args.precision, corpus.dim, corpus.calibration)
+        vectors, rescore = engine_codes(corpus), (corpus if corpus.precision == "int8" else None)
+    return coding, vectors, rescore
+
+
+def run_build(args) -> None:
+    from bitembed_jax.index.coding import check_precision, describe
+    from bitembed_jax.index.engine import Hnsw
+    from bitembed_jax.index.engines import engine_class
     from bitembed_jax.index.folder import VectorIndex
     from bitembed_jax.io.model_dir import check_writable
 
@@ -70,39 +103,15 @@ def run_build(args) -> None:
     engine_class(args.engine)  # installed?
     check_writable(args.out, args.overwrite)
     corpus = _read_corpus(args.input)
-    model = _model_record(args.model)
+    model, model_cal = _model_record(args.model)
     hnsw = Hnsw(m=args.m, ef_construction=args.ef_construction) if args.hnsw else None
-    source = f"{len(corpus)} vectors of {os.path.basename(args.input)}"
-    if isinstance(corpus, np.ndarray) or isinstance(corpus, list):
-        floats = corpus if isinstance(corpus, np.ndarray) else None
-        if floats is not None and floats.shape[1] != model["dim"]:
-            raise ValueError(f"--input {args.input}: {floats.shape[1]}-dim vectors, {args.model} makes {model['dim']}")
-        enc = _encoder(args.model, args)
-        if floats is None:
-            from bitembed_jax.eval.local import embed_texts
-
-            floats = embed_texts(enc, corpus, batch_size=args.batch_size)
-        cal = _calibration(args.calibration, args.precision, enc.calibration, floats, source)
-        coding = Coding(args.precision, floats.shape[1], cal)
-        vectors, rescore = coding.engine_vectors(floats), (coding.rescore_store(floats) if coding.rescorable else None)
-    else:  # stored codes: in the engine as they are; rescoring only if they are the int8 codes themselves
-        want = {"fp32-calibrated": None}.get(args.precision, args.precision)
-        if corpus.precision != want:
-            raise ValueError(f"--input {args.input} holds {corpus.precision} codes; --precision {args.precision} "
-                             f"needs {want or 'float'} vectors or texts")
-        if corpus.dim != model["dim"]:
-            raise ValueError(f"--input {args.input}: {corpus.dim}-dim codes, {args.model} makes {model['dim']}")
-        coding = Coding(args.precision, corpus.dim, corpus.calibration)
-        vectors, rescore = engine_codes(corpus), (corpus if corpus.precision == "int8" else None)
+    coding, vectors, rescore = _coded(args, corpus, model, model_cal)
     ix = VectorIndex.build(args.out, vectors, coding, args.engine, hnsw=hnsw, rescore_store=rescore, model=model,
-                           threads=args.threads, overwrite=args.overwrite, source=source)
+                           threads=args.threads, overwrite=args.overwrite,
+                           source=f"{len(corpus)} vectors of {os.path.basename(args.input)}")
     print(f"wrote a {args.engine} {'HNSW' if hnsw else 'flat'} index of {len(ix)} {args.precision} vectors to "
           f"{args.out} ({'with' if rescore is not None else 'without'} int8 codes for rescoring; calibration: "
-          f"{cal_label(coding.calibration)})")
-
-
-def cal_label(cal) -> str:
-    return "none" if cal is None else f"{cal.method} on {cal.source or f'{cal.n} vectors'}"
+          f"{describe(coding.calibration)})")
 
 
 def _encoder(model: str, args):

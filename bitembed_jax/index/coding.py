@@ -90,3 +90,7 @@ def engine_codes(st: StoredEmbeddings) -> np.ndarray:
 def fit_calibration(floats: np.ndarray, source: str) -> Calibration:
     """The indexing-time calibration: per-dimension statistics of the corpus being indexed (standardize)."""
     return Calibration.fit(floats, "standardize", source=source)
+
+
+def describe(cal: Calibration | None) -> str:
+    return "none" if cal is None else f"{cal.method} on {cal.source or f'{cal.n} vectors'}"

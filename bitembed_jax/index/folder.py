@@ -13,7 +13,8 @@ import time
 import numpy as np
 
 from bitembed_jax.index.coding import Coding, check_precision
-from bitembed_jax.index.engine import Hnsw, engine_class
+from bitembed_jax.index.engine import Hnsw
+from bitembed_jax.index.engines import engine_class
 from bitembed_jax.index.rescore import rescore as rescore_hits
 from bitembed_jax.io import paths
 from bitembed_jax.quant.calibration import Calibration
@@ -58,7 +59,7 @@ class VectorIndex:
         from bitembed_jax.io.model_dir import check_writable
 
         check_writable(out, overwrite)
-        eng = engine_class(engine)(coding.kind, coding.dim if coding.kind != "b1" else coding.dim, hnsw)
+        eng = engine_class(engine)(coding.kind, coding.dim, hnsw)
         t = time.perf_counter()
         eng.add(vectors, threads=threads)
         seconds = time.perf_counter() - t
