@@ -53,10 +53,14 @@ def store_chunked(coding: Coding, floats: np.ndarray, int8: bool) -> StoredEmbed
     return dataclasses.replace(parts[0], codes=np.concatenate([p.codes for p in parts]), scale=scale)
 
 
-def _rss() -> int:
-    import psutil
+def _served_rss(folder: str) -> int:
+    """Resident memory of the index opened in a fresh process (``rss_probe``)."""
+    import subprocess
+    import sys
 
-    return psutil.Process().memory_info().rss
+    out = subprocess.run([sys.executable, "-m", "bitembed_jax.index.rss_probe", folder], capture_output=True,
+                         text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
 
 
 def _dir_bytes(folder: str, names) -> int:
@@ -104,10 +108,8 @@ def _engine_setting(engine, coding, corpus, hnsw, work, pg):
     files = built.manifest["engine_files"]
     del built, vectors, rescore
     gc.collect()
-    before = _rss()
-    ix = VectorIndex.open(folder, mmap=False)  # read into memory: the RSS delta is what serving it costs
-    ix.search(corpus.queries[:1], 10)
-    rss = _rss() - before
+    rss = _served_rss(folder)
+    ix = VectorIndex.open(folder, mmap=False)
     disk = _dir_bytes(folder, files)
     extra = _dir_bytes(folder, [RESCORE_CODES, RESCORE_SCALE]) if ix.manifest["rescore"] else 0
     return ix, {"index_disk_bytes": disk, "bytes_per_vector": disk / n, "engine_memory_bytes": ix.engine.memory_bytes(),

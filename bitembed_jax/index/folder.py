@@ -97,7 +97,9 @@ class VectorIndex:
     @classmethod
     def open(cls, folder: str, *, precision: str | None = None, model_fingerprint: str | None = None,
              mmap: bool = True) -> "VectorIndex":
-        """Open an index; ``precision`` / ``model_fingerprint``: what the caller will query it with (checked)."""
+        """Open an index; ``precision`` / ``model_fingerprint``: what the caller will query it with (checked).
+        ``mmap``: the engine's file memory-mapped (usearch ``view``, faiss IO_FLAG_MMAP; binary faiss indexes are
+        always read) or read into memory."""
         m = cls.read_manifest(folder)
         where = os.path.join(folder, MANIFEST)
         if precision is not None and precision != m["precision"]:
@@ -115,7 +117,8 @@ class VectorIndex:
         eng = engine_class(m["engine"]).load(folder, coding.kind, coding.dim, hnsw, mmap=mmap)
         codes = scale = None
         if m["rescore"]:
-            codes = np.load(os.path.join(folder, RESCORE_CODES), mmap_mode="r" if mmap else None, allow_pickle=False)
+            # memory-mapped whatever ``mmap`` says: rescoring reads only its candidates' rows
+            codes = np.load(os.path.join(folder, RESCORE_CODES), mmap_mode="r", allow_pickle=False)
             scale = np.load(os.path.join(folder, RESCORE_SCALE), allow_pickle=False)
         return cls(folder, m, eng, coding, codes, scale)
 
