@@ -164,10 +164,24 @@ def _beir_corpus(args, load_encoder) -> Corpus:
     from bitembed_jax.eval.local import embed_texts, read_beir
 
     data = read_beir(args.retrieval)
-    enc = load_encoder()
-    docs = embed_texts(enc, data.corpus_texts, batch_size=args.batch_size)
-    queries = embed_texts(enc, data.query_texts, batch_size=args.batch_size, prompt=enc.prompts.get("query", ""))
+    if args.corpus_vectors or args.query_vectors:
+        docs, queries = _given(args.corpus_vectors, "--corpus-vectors", len(data.corpus_ids)), \
+            _given(args.query_vectors, "--query-vectors", len(data.query_ids))
+    else:
+        enc = load_encoder()
+        docs = embed_texts(enc, data.corpus_texts, batch_size=args.batch_size)
+        queries = embed_texts(enc, data.query_texts, batch_size=args.batch_size, prompt=enc.prompts.get("query", ""))
     return Corpus(data.name, docs, queries, data.query_ids, data.corpus_ids, data.qrels)
+
+
+def _given(path: str | None, flag: str, rows: int) -> np.ndarray:
+    """Vectors the model made earlier (``encode``), in the BEIR files' order (judged queries only)."""
+    if not path or not os.path.exists(path):
+        raise FileNotFoundError(f"{flag} {path} not found (give both --corpus-vectors and --query-vectors)")
+    x = np.load(path, allow_pickle=False)
+    if x.ndim != 2 or x.dtype != np.float32 or len(x) != rows:
+        raise ValueError(f"{flag} {path}: {x.dtype} {x.shape}; expected float32 ({rows}, dim)")
+    return x
 
 
 def _stats_vectors(args, load_encoder) -> tuple[np.ndarray, str]:
@@ -211,7 +225,7 @@ def run_bench_cli(args) -> None:
         raise FileNotFoundError(f"--retrieval {args.retrieval} not found")
     os.makedirs(out, exist_ok=True)
     def load_encoder():  # only when texts are encoded
-        return Encoder.from_pretrained(args.model)
+        return Encoder.from_pretrained(args.model, max_length=args.max_length)
 
     corpus = (_beir_corpus if args.retrieval else _synthetic_corpus)(args, load_encoder)
     gc.collect()

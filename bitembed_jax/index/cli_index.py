@@ -162,9 +162,13 @@ def _add_bench(sub):
     src.add_argument("--retrieval", help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv)")
     src.add_argument("--synthetic", type=int, metavar="N",
                      help="N vectors drawn per dimension from the mean/std of the model's vectors of --stats-from")
-    b.add_argument("--stats-from", default=None, help="with --synthetic: the BEIR folder whose passages give the "
-                                                      "per-dimension statistics")
+    b.add_argument("--stats-from", default=None, help="with --synthetic: FILE.npy of the model's vectors (encode), "
+                                                      "or a BEIR folder whose passages are encoded here")
     b.add_argument("--synthetic-queries", type=int, default=200)
+    b.add_argument("--corpus-vectors", default=None, metavar="FILE.npy",
+                   help="with --retrieval: the model's vectors of corpus.jsonl, in its order (skips encoding)")
+    b.add_argument("--query-vectors", default=None, metavar="FILE.npy", help="likewise for the judged queries")
+    b.add_argument("--max-length", type=int, default=None, help="tokens per text when encoding here")
     b.add_argument("--engines", default="usearch,faiss", help="comma-separated: usearch, faiss, pgvector")
     b.add_argument("--precision", default="all", help="comma-separated, or all: " + ", ".join(PRECISIONS))
     b.add_argument("--variants", default="flat,hnsw", help="flat, hnsw or both")
