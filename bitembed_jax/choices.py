@@ -19,6 +19,8 @@ INIT_CHOICES = {"mode": MODES, "norm": NORMS, "act_bits": ACT_BITS, "attention":
 
 # output embedding precisions, from widest to narrowest
 PRECISIONS = ("fp32", "int8", "int4", "int2", "binary")
+# what `bitembed-jax index` stores in an engine (bitembed_jax.index.coding)
+INDEX_PRECISIONS = ("fp32", "fp32-calibrated", "int8", "int4", "int2", "binary")
 # per-dimension calibration of the int/binary codes (quant.calibration), and where eval takes it from
 CALIBRATION_METHODS = ("standardize", "range")
 CALIBRATION_SOURCES = ("model", "none", "corpus")

@@ -232,6 +232,9 @@ def build_parser():
     add_local_pod_parser(sub)
     _add_make_tiny_parser(sub)
     add_data_parser(sub)
+    from bitembed_jax.index.cli_index import add_index_parser  # argparse only: the engines load when a command runs
+
+    add_index_parser(sub)
     return p
 
 

@@ -89,6 +89,9 @@ def overlap_cases(w) -> dict:
                  ["eval", "--model", m, "--sts", _in(w, "latin1.tsv"), "--output", str(w), "--overwrite"]],
         "calibrate": [["calibrate", "--model", m, "--input", _in(w, "M", "texts.txt")]],
         "aot": [["aot", "--config", QUICK, "--topology", "v5e:2x2", "--json", QUICK]],
+        "index": [["index", "build", "--model", m, "--input", _in(w, "texts.txt"), "--out", _in(w, "M", "idx")],
+                  ["index", "bench", "--model", m, "--synthetic", "100", "--stats-from", _in(w, "M", "v.npy"),
+                   "--output", m, "--overwrite"]],
         "data": [["data", "build", _in(w, "M", "pairs.jsonl"), "--out", m, "--overwrite"],
                  ["data", "build", _in(w, "M"), "--out", _in(w, "M", "ds"), "--overwrite"]],
     }

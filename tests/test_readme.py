@@ -57,6 +57,9 @@ NOT_RUN = {
     "bitembed-jax train --config configs/quickstart.py --workdir gs://BUCKET/run":
         "several hosts and a gs:// bucket (the local-pod block rehearses it on one machine); parsed only",
     "hf download Qwen/Qwen3-0.6B": "network (hub download) and a TPU pod; parsed only",
+    "bitembed-jax index build --model M --input corpus.txt":
+        "placeholders (M, BEIR_DIR): tests/test_index_cli.py runs index build, search and bench on a tiny model; "
+        "parsed only",
     "XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m pytest": "the test command itself (CI runs it)",
 }
 
