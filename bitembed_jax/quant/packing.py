@@ -5,6 +5,7 @@
   along dim 0. With R = ceil(out / 4), packed row r holds original rows r, r+R,
   r+2R, r+3R in bits 0-1, 2-3, 4-5, 6-7; missing rows (out % 4 != 0) leave their
   bits zero, as transformers' loop does.
+- ``int8_rows``: per-row absmax int8 codes of a float table (not ternary: the token embeddings).
 - ``pack_base3``: 5 trits per byte, byte = sum_i (t_i + 1) * 3**i over the
   row-major flattened tensor (1.6 bits per weight); the tail is padded with
   digit 0.
@@ -68,3 +69,12 @@ def unpack_base3(packed: np.ndarray, shape) -> np.ndarray:
         raise ValueError("invalid base-3 byte (> 242)")
     digits = (packed[:, None] // _POW3) % 3
     return (digits.ravel()[:n].astype(np.int8) - 1).reshape(shape)
+
+
+def int8_rows(e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row absmax int8 of a float table (token embeddings): (codes int8 (V, H), row_scale float32 (V,));
+    value = code * row_scale, within row_scale / 2 of the float value."""
+    e = np.asarray(e, np.float32)
+    scale = (np.maximum(np.abs(e).max(axis=1), np.float32(1e-12)) / np.float32(127)).astype(np.float32)
+    codes = np.clip(np.round(e / scale[:, None]), -127, 127).astype(np.int8)
+    return codes, scale
