@@ -299,25 +299,34 @@ def test_two_bit_unpacking_any_row_count(rows):
     assert got.dtype == np.int8 and np.array_equal(got, codes)
 
 
-def test_int8_embeddings_option(exports, tmp_path):
-    """--int8-embeddings: int8 rows and a float32 scale per row (each value within half a step of the float
-    one), gathered then dequantized in the graph: its vectors are those of the JAX model whose table is the
-    dequantized one. (What the rounding costs against the float table: bench/serve_cpu.py --int8-embeddings,
-    measured on real models; random tiny ternary models amplify any change, so they cannot tell.)"""
+@pytest.mark.parametrize("bits", [8, 4])
+def test_low_bit_embeddings_option(exports, tmp_path, bits):
+    """--int8-embeddings / --int4-embeddings: int8 or int4 rows and a float32 scale per row (each value within
+    half a step of the float one), gathered then dequantized in the graph: its vectors are those of the JAX
+    model whose table is the dequantized one. (What the rounding costs against the float table:
+    bench/onnx_options_quality.py on a real model; random tiny ternary models amplify any change.)"""
     ckpt, _ = exports["qwen3_ternary_a8"]
-    folder = str(tmp_path / "int8emb")
-    assert cli(["export", "--checkpoint", ckpt, "--out", folder, "--format", "onnx", "--int8-embeddings"]) == 0
+    folder = str(tmp_path / f"int{bits}emb")
+    assert cli(["export", "--checkpoint", ckpt, "--out", folder, "--format", "onnx", f"--int{bits}-embeddings"]) == 0
     path = os.path.join(folder, "onnx", "model.onnx")
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
-    assert "embed_tokens.embedding" not in inits and inits["embed_tokens.int8"].dtype == np.int8
+    assert "embed_tokens.embedding" not in inits
     model, _ = load_model_dir(ckpt)
     table = np.asarray(model.embed_tokens.embedding[...], np.float32)
-    scale = inits["embed_tokens.row_scale"]
+    scale = inits["embed_tokens.row_scale"].reshape(-1, 1)
     assert scale.shape == (table.shape[0], 1)
-    dequantized = inits["embed_tokens.int8"] * scale
+    if bits == 8:
+        codes = inits["embed_tokens.int8"]
+        assert codes.dtype == np.int8
+    else:
+        packed = inits["embed_tokens.int4"]
+        assert packed.dtype == np.uint8 and packed.shape == (table.shape[0], table.shape[1] // 2)
+        codes = np.stack([packed & 15, packed >> 4], axis=-1).reshape(table.shape).astype(np.int8) - 8
+        assert np.abs(codes).max() <= 7
+    dequantized = codes * scale
     assert (np.abs(dequantized - table) <= scale / 2 * (1 + 1e-5)).all()
     with open(os.path.join(folder, "bitembed_config.json")) as f:
-        assert json.load(f)["export"]["int8_embeddings"] is True
+        assert json.load(f)["export"]["embeddings"] == f"int{bits}"
     # the graph's embedding rows are exactly the dequantized table's rows
     proto = onnx.load(path)
     rows = next(n for n in proto.graph.node if n.op_type == "Mul" and any(
@@ -329,7 +338,7 @@ def test_int8_embeddings_option(exports, tmp_path):
     mask[1, 15:] = 0
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     got, got_rows = sess.run(["sentence_embedding", rows], {"input_ids": ids, "attention_mask": mask})
-    assert np.array_equal(got_rows, dequantized[ids])
+    assert np.array_equal(got_rows.reshape(ids.shape + (-1,)), dequantized[ids])
     # and the vectors are the JAX model's with that table (up to the ulp-level code flips of every export,
     # which this random ternary model amplifies more than a trained one)
     model.embed_tokens.embedding[...] = dequantized

@@ -6,7 +6,8 @@ def run_export(args) -> None:
     from bitembed_jax.export.hf_export import export
 
     out = export(args.checkpoint, args.out, fmt=args.format, overwrite=args.overwrite,
-                 int8_embeddings=args.int8_embeddings, dtype=args.dtype, linear_class=args.linear_class,
+                 int8_embeddings=args.int8_embeddings, int4_embeddings=args.int4_embeddings, dtype=args.dtype,
+                 linear_class=args.linear_class,
                  max_length=args.max_length, push_to_hub=args.push_to_hub, private=args.private)
     print(f"wrote {args.format} export to {out}")
 
@@ -30,6 +31,8 @@ def add_export_parser(subparsers):
                    help="token embeddings and norms (float32: exact; bfloat16: half the size)")
     x.add_argument("--int8-embeddings", action="store_true",
                    help="base3 and onnx: int8 token embeddings with a float32 scale per row (4x smaller)")
+    x.add_argument("--int4-embeddings", action="store_true",
+                   help="onnx: int4 token embeddings with a float32 scale per row (8x smaller; measure the vectors)")
     x.add_argument("--linear-class", default="bitlinear", choices=LINEAR_CLASSES,
                    help="bitnet-2bit: transformers' layer class (bitlinear keeps weights packed in memory)")
     x.add_argument("--max-length", type=int, default=None,

@@ -6,7 +6,7 @@ Ternary linears store their codes at 2 bits per weight (unpacked to int8 by ONNX
 session load) with their float32 scale, and run as per-token absmax uint8 codes x int8 codes through
 ``MatMulIntegerToFloat`` (ONNX Runtime's fast integer kernel on CPU, a contrib operator); fp models keep
 float32 kernels and plain ``MatMul``. Everything else is float32, as the JAX model computes it with dtype
-float32, except the token embeddings when exported with ``int8_embeddings`` (int8 rows, float32 row scales).
+float32, except the token embeddings when exported as int8 or int4 rows (with float32 row scales).
 """
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +20,7 @@ from bitembed_jax.io.state_paths import flat_params
 from bitembed_jax.layers.bitlinear import linears
 from bitembed_jax.models.attention import rope_inv_freq
 from bitembed_jax.quant.activation import EPS as ACT_EPS
-from bitembed_jax.quant.packing import int8_rows
+from bitembed_jax.quant.packing import int4_rows, int8_rows
 from bitembed_jax.quant.ternary import ternary_int
 
 # Gelu with approximate="tanh" needs opset 20; IR 10 is what onnxruntime >= 1.16 reads
@@ -75,9 +75,9 @@ class _Builder:
     along which DequantizeLinear rescales the integer products. Attention and the outputs reshape to
     (B, T, ...) with the batch shape of the input ids."""
 
-    def __init__(self, g: Graph, cfg, params: Params, int8_embeddings: bool = False):
+    def __init__(self, g: Graph, cfg, params: Params, embeddings: str = "float32"):
         self.g, self.cfg, self.p = g, cfg, params
-        self.int8_embeddings = int8_embeddings
+        self.embeddings = embeddings
         self.offset = cfg.arch == "gemma3"  # Gemma's norms are x * (1 + w)
         self.batch_shape = None  # Shape(input_ids): (B, T)
         self._shapes = {}
@@ -182,14 +182,22 @@ class _Builder:
         return g.op("Div", v, g.op("Max", norm, g.const(1e-12)))
 
     def embed(self, ids: str) -> str:
-        """The token embeddings of ``ids``: float32 rows, or (int8_embeddings) int8 rows times their float32
-        row scale, gathered and then dequantized (``quant.packing.int8_rows``)."""
+        """The token embeddings of ``ids`` (B, T, ...; the caller reshapes them to tokens): float32 rows, or
+        int8 / int4 rows times their float32 row scale, gathered and then dequantized
+        (``quant.packing.int8_rows`` / ``int4_rows``: two int4 codes per byte, split after the Gather)."""
         g, table = self.g, self.p["embed_tokens.embedding"]
-        if not self.int8_embeddings:
+        if self.embeddings == "float32":
             return g.op("Gather", g.tensor(table, "embed_tokens.embedding"), ids)
-        codes, scale = int8_rows(table)
-        rows = g.op("Cast", g.op("Gather", g.tensor(codes, "embed_tokens.int8"), ids), to=TensorProto.FLOAT)
-        return g.op("Mul", rows, g.op("Gather", g.tensor(scale[:, None], "embed_tokens.row_scale"), ids))
+        if self.embeddings == "int8":
+            codes, scale = int8_rows(table)
+            rows = g.op("Cast", g.op("Gather", g.tensor(codes, "embed_tokens.int8"), ids), to=TensorProto.FLOAT)
+            return g.op("Mul", rows, g.op("Gather", g.tensor(scale[:, None], "embed_tokens.row_scale"), ids))
+        packed, scale = int4_rows(table)
+        pairs = g.op("BitShift", g.op("Unsqueeze", g.op("Gather", g.tensor(packed, "embed_tokens.int4"), ids),
+                                      g.axes(-1)), g.const([0, 4], np.uint8), direction="RIGHT")
+        digits = g.op("Cast", g.op("BitwiseAnd", pairs, g.const(15, np.uint8)), to=TensorProto.FLOAT)
+        rows = g.op("Sub", digits, g.const(8.0))  # (B, T, H / 2, 2): element 2j, 2j + 1
+        return g.op("Mul", rows, g.op("Gather", g.tensor(scale[:, None, None], "embed_tokens.row_scale"), ids))
 
     def encoder(self, ids: str, attention_mask: str) -> tuple[str, str]:
         g, cfg = self.g, self.cfg
@@ -206,11 +214,12 @@ class _Builder:
         return hidden, self.pool(hidden, attention_mask)
 
 
-def build_onnx(model, cfg, *, doc: str = "", int8_embeddings: bool = False) -> onnx.ModelProto:
-    """The ONNX model of ``model`` (a bitembed-jax encoder with config ``cfg``), unchecked; ``int8_embeddings``:
-    token embeddings as int8 codes with a float32 scale per row (an approximation, see ``embed``)."""
+def build_onnx(model, cfg, *, doc: str = "", embeddings: str = "float32") -> onnx.ModelProto:
+    """The ONNX model of ``model`` (a bitembed-jax encoder with config ``cfg``), unchecked; ``embeddings``:
+    "float32" (exact), or "int8" / "int4": token embeddings as codes with a float32 scale per row (an
+    approximation, see ``embed``)."""
     g = Graph()
-    hidden, pooled = _Builder(g, cfg, Params(model), int8_embeddings).encoder(*INPUTS)
+    hidden, pooled = _Builder(g, cfg, Params(model), embeddings).encoder(*INPUTS)
     for src, name in zip((hidden, pooled), OUTPUTS):
         g.nodes.append(helper.make_node("Identity", [src], [name], name=name))
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch_size", "sequence_length"]) for n in INPUTS]

@@ -116,8 +116,9 @@ def ternary_matmul(g: Graph, x: str, lin: dict, bits: int, eps: float, norm_eps:
         amax = g.op("Div", amax, r)
     step = g.op("Div", g.op("Max", amax, g.const(eps)), g.const(float(qb)))
     x_step = g.op("Reshape", step if norm is None else g.op("Mul", step, r), g.const([-1], np.int64))
-    zero = g.op("Expand", g.const(ZERO_POINT, np.uint8), g.op("Shape", x_step))
-    qx = g.op("QuantizeLinear", x, x_step, zero, axis=0)
+    if "zero_points" not in g.cache:  # every linear quantizes the same N tokens
+        g.cache["zero_points"] = g.op("Expand", g.const(ZERO_POINT, np.uint8), g.op("Shape", x_step))
+    qx = g.op("QuantizeLinear", x, x_step, g.cache["zero_points"], axis=0)
     gamma = np.asarray(lin["gamma"], np.float32)
     gamma = g.tensor(gamma.reshape(() if gamma.size == 1 else (-1,)), name + ".scale")
     return g.op("MatMulIntegerToFloat", qx, ternary_weight(g, lin["codes"], name), step, gamma,
