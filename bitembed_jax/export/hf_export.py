@@ -56,7 +56,7 @@ from bitembed_jax.convert.hf_config import to_hf_config
 from bitembed_jax.convert.name_maps import LINEAR, TRANSFORMS, expand
 from bitembed_jax.export.model_card import export_sizes, model_card, tensor_sizes
 from bitembed_jax.layers.bitlinear import linears
-from bitembed_jax.quant.packing import pack_base3, pack_bitnet_2bit
+from bitembed_jax.quant.packing import int8_rows, pack_base3, pack_bitnet_2bit
 from bitembed_jax.export.st_files import write_sentence_transformers, write_tokenizer
 from bitembed_jax.io import paths
 from bitembed_jax.io.model_dir import CONFIG_NAME, check_writable, read_config, resolve_model_dir
@@ -94,14 +94,6 @@ def refusal(cfg, fmt: str, *, int8_embeddings: bool = False) -> str | None:
 
 def _float(x, dtype: str) -> np.ndarray:
     return np.asarray(x, np.float32).astype(NP_DTYPES[dtype])
-
-
-def _int8_rows(e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row absmax int8: (codes int8 (V, H), row_scale float32 (V,)); value = code * row_scale."""
-    e = np.asarray(e, np.float32)
-    scale = (np.maximum(np.abs(e).max(axis=1), np.float32(1e-12)) / np.float32(127)).astype(np.float32)
-    codes = np.clip(np.round(e / scale[:, None]), -127, 127).astype(np.int8)
-    return codes, scale
 
 
 def bitnet_2bit_tensors(model, cfg, *, dtype: str = "float32", linear_class: str = "bitlinear"):
@@ -149,7 +141,7 @@ def base3_tensors(model, *, dtype: str = "float32", int8_embeddings: bool = Fals
             if gamma.size == 1:
                 meta[path]["scale"] = float(gamma)
         elif path == "embed_tokens.embedding" and int8_embeddings:
-            codes, scale = _int8_rows(value)
+            codes, scale = int8_rows(value)
             tensors[path + ".int8"] = codes
             tensors[path + ".row_scale"] = scale
         else:
@@ -159,6 +151,7 @@ def base3_tensors(model, *, dtype: str = "float32", int8_embeddings: bool = Fals
 
 def export(checkpoint_dir: str, out_dir: str, *, fmt: str = "bitnet-2bit", overwrite: bool = False,
            int8_embeddings: bool = False, dtype: str = "float32", linear_class: str = "bitlinear",
+           int4_embeddings: bool = False,
            max_length: int | None = None, push_to_hub: str | None = None, private: bool = False, hub_client=None,
            log=print) -> str:
     """Write the bitnet model folder ``checkpoint_dir`` (or a training workdir's ``model/``) as ``fmt``.
@@ -171,7 +164,8 @@ def export(checkpoint_dir: str, out_dir: str, *, fmt: str = "bitnet-2bit", overw
       down_proj norms: use base3, or a per_linear model), 4-bit activations, per-row scales, int8
       embeddings, out_features not divisible by 4. fp models are refused for both formats.
     dtype: "float32" (exact) or "bfloat16", for token embeddings and norms.
-    int8_embeddings: base3 only; int8 token embeddings with a float32 scale per row.
+    int8_embeddings: base3 and onnx; int8 token embeddings with a float32 scale per row.
+    int4_embeddings: onnx only; int4 token embeddings with a float32 scale per row.
     linear_class: "bitlinear" (weight_scale = 1/gamma, weights stay packed in PyTorch memory) or
       "autobitlinear" (weight_scale = gamma, unpacked at load).
     max_length: sentence-transformers' max_seq_length (default: the folder's ``max_length`` or DEFAULT_MAX_LENGTH).
@@ -199,8 +193,10 @@ def export(checkpoint_dir: str, out_dir: str, *, fmt: str = "bitnet-2bit", overw
     if fmt == "onnx":  # fp or bitnet, any layout: the graph computes the model as it is
         from bitembed_jax.export.onnx_export import write_onnx_export
         write_onnx_export(checkpoint_dir, out_dir, cfg, meta, max_length=max_length, dtype=dtype,
-                          int8_embeddings=int8_embeddings)
+                          int8_embeddings=int8_embeddings, int4_embeddings=int4_embeddings)
         return _push(out_dir, push_to_hub, private, hub_client, log)
+    if int4_embeddings:
+        raise ValueError(f"--int4-embeddings is an option of --format onnx, not {fmt}")
     why = refusal(cfg, fmt, int8_embeddings=int8_embeddings)
     if why:
         raise ValueError(f"cannot export {checkpoint_dir} as {fmt}: {why}")

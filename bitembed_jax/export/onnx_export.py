@@ -7,7 +7,9 @@ weights go to ``onnx/model.onnx_data`` beside it when the file would pass protob
 pooling, see ``st_files``), the sentence-transformers module files with the prompts, ``bitembed_config.json`` (our
 config + an ``export`` section; ``onnx_runtime.OnnxEncoder`` reads it) and a README. ``tokenizer_config.json``'s
 model_max_length is the export's max_length (FastEmbed truncates there). Bitnet models keep their ternary weights
-as int8 codes; fp models (the teacher) as float32.
+as 2-bit codes; fp models (the teacher) as float32. ``int8_embeddings`` stores the token embeddings as int8
+rows with a float32 scale per row (4x smaller; each value within half a step of the float one),
+``int4_embeddings`` as int4 rows (8x smaller).
 """
 import json
 import os
@@ -30,11 +32,15 @@ EXTERNAL_DATA = "model.onnx_data"
 SINGLE_FILE_LIMIT = 1_800_000_000
 
 
-def refusal(cfg, *, dtype: str, int8_embeddings: bool) -> str | None:
+def refusal(cfg, *, dtype: str, int8_embeddings: bool, int4_embeddings: bool = False) -> str | None:
     """Why ``cfg`` or the options cannot be exported as ONNX (None if they can)."""
-    if int8_embeddings or dtype != "float32":
-        return ("--int8-embeddings and --dtype are options of the packed formats; the ONNX graph keeps token "
-                "embeddings and norms in float32")
+    if int8_embeddings and int4_embeddings:
+        return "--int8-embeddings and --int4-embeddings exclude each other"
+    if int4_embeddings and cfg.hidden_size % 2:
+        return f"--int4-embeddings packs two values per byte: hidden size {cfg.hidden_size} is odd"
+    if dtype != "float32":
+        return ("--dtype is an option of the packed formats; the ONNX graph keeps norms in float32 (use "
+                "--int8-embeddings for smaller token embeddings)")
     if cfg.act_bits not in (4, 8):
         return f"{cfg.act_bits}-bit activations: the ONNX graph's uint8 codes take 4 or 8 bits"
     return None
@@ -119,19 +125,22 @@ Query prompt: {f"`{prompt!r}`" if prompt else "none"}; documents get none.
 """ + _usage(cfg, prompt)
 
 
-def _write(tmp: str, model, cfg, meta: dict, checkpoint_dir: str, max_length: int) -> None:
+def _write(tmp: str, model, cfg, meta: dict, checkpoint_dir: str, max_length: int, embeddings: str) -> None:
     if cfg.mode == "bitnet":
-        weights = f"ternary int8 codes x per-token {cfg.act_bits}-bit activation codes (MatMulInteger)"
+        weights = (f"ternary codes (2 bits per weight, int8 once loaded) x per-token {cfg.act_bits}-bit activation "
+                   "codes (MatMulIntegerToFloat)")
     else:
         weights = "float32 (MatMul)"
+    if embeddings != "float32":
+        weights += f"; token embeddings {embeddings} with a float32 scale per row"
     os.makedirs(os.path.join(tmp, ONNX_DIR))
-    save_onnx(build_onnx(model, cfg, doc=f"bitembed-jax {cfg.arch} encoder, {cfg.mode}"),
+    save_onnx(build_onnx(model, cfg, doc=f"bitembed-jax {cfg.arch} encoder, {cfg.mode}", embeddings=embeddings),
               os.path.join(tmp, ONNX_DIR))
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(to_hf_config(cfg, None), f, indent=2)
     export_meta = {k: v for k, v in meta.items() if k != "source"}  # local paths stay local
     export_meta["export"] = {"format": "onnx", "version": FORMAT_VERSION, "opset": OPSET, "file": ONNX_DIR + "/"
-                             + ONNX_FILE, "weights": weights}
+                             + ONNX_FILE, "weights": weights, "embeddings": embeddings}
     export_meta["max_length"] = max_length
     with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
         json.dump(export_meta, f, indent=2, sort_keys=True)
@@ -144,14 +153,15 @@ def _write(tmp: str, model, cfg, meta: dict, checkpoint_dir: str, max_length: in
 
 
 def write_onnx_export(checkpoint_dir: str, out_dir: str, cfg, meta: dict, *, max_length: int | None = None,
-                      dtype: str = "float32", int8_embeddings: bool = False) -> str:
+                      dtype: str = "float32", int8_embeddings: bool = False, int4_embeddings: bool = False) -> str:
     """Write the model folder ``checkpoint_dir`` (config ``cfg``, metadata ``meta``) as an ONNX export at
     ``out_dir`` (whose overlap and overwrite checks the caller made). Returns ``out_dir``."""
-    why = refusal(cfg, dtype=dtype, int8_embeddings=int8_embeddings)
+    why = refusal(cfg, dtype=dtype, int8_embeddings=int8_embeddings, int4_embeddings=int4_embeddings)
     if why:
         raise ValueError(f"cannot export {checkpoint_dir} as onnx: {why}")
     max_length = int(max_length or meta.get("max_length") or DEFAULT_MAX_LENGTH)
     model, cfg = load_model_dir(checkpoint_dir, dtype="float32")
     with paths.atomic_dir(out_dir) as tmp:  # the umask's modes, renamed into place once whole
-        _write(tmp, model, cfg, meta, checkpoint_dir, max_length)
+        embeddings = "int8" if int8_embeddings else "int4" if int4_embeddings else "float32"
+        _write(tmp, model, cfg, meta, checkpoint_dir, max_length, embeddings)
     return out_dir

@@ -2,9 +2,11 @@
 last_hidden_state (after the final norm, what sentence-transformers' ONNX backend pools) and
 sentence_embedding (pooled and L2-normalised as ``models.embed`` does).
 
-Ternary linears keep int8 codes (in, out) and their float32 scale and run as per-token absmax uint8 codes
-x int8 codes through ``MatMulInteger`` (ONNX Runtime's fast integer kernel on CPU); fp models keep float32
-kernels and plain ``MatMul``. Everything else is float32, as the JAX model computes it with dtype float32.
+Ternary linears store their codes at 2 bits per weight (unpacked to int8 by ONNX Runtime's constant folding at
+session load) with their float32 scale, and run as per-token absmax uint8 codes x int8 codes through
+``MatMulIntegerToFloat`` (ONNX Runtime's fast integer kernel on CPU, a contrib operator); fp models keep
+float32 kernels and plain ``MatMul``. Everything else is float32, as the JAX model computes it with dtype
+float32, except the token embeddings when exported as int8 or int4 rows (with float32 row scales).
 """
 import jax.numpy as jnp
 import numpy as np
@@ -12,12 +14,13 @@ import onnx
 from flax import nnx
 from onnx import TensorProto, helper
 
-from bitembed_jax.export.onnx_ops import (Graph, apply_rope, gqa_attention, linear, position_mask, rms_norm,
+from bitembed_jax.export.onnx_ops import (MS_DOMAIN, Graph, apply_rope, gqa_attention, linear, position_mask, rms_norm,
                                           rope_tables)
 from bitembed_jax.io.state_paths import flat_params
 from bitembed_jax.layers.bitlinear import linears
 from bitembed_jax.models.attention import rope_inv_freq
 from bitembed_jax.quant.activation import EPS as ACT_EPS
+from bitembed_jax.quant.packing import int4_rows, int8_rows
 from bitembed_jax.quant.ternary import ternary_int
 
 # Gelu with approximate="tanh" needs opset 20; IR 10 is what onnxruntime >= 1.16 reads
@@ -72,8 +75,9 @@ class _Builder:
     along which DequantizeLinear rescales the integer products. Attention and the outputs reshape to
     (B, T, ...) with the batch shape of the input ids."""
 
-    def __init__(self, g: Graph, cfg, params: Params):
+    def __init__(self, g: Graph, cfg, params: Params, embeddings: str = "float32"):
         self.g, self.cfg, self.p = g, cfg, params
+        self.embeddings = embeddings
         self.offset = cfg.arch == "gemma3"  # Gemma's norms are x * (1 + w)
         self.batch_shape = None  # Shape(input_ids): (B, T)
         self._shapes = {}
@@ -88,10 +92,10 @@ class _Builder:
         offset = self.offset if offset is None else offset
         return rms_norm(self.g, x, self.p[path + ".weight"], self.cfg.rms_norm_eps, offset, path)
 
-    def linear(self, x: str, path: str, shared: bool = False) -> str:
+    def linear(self, x: str, path: str) -> str:
         cfg = self.cfg
         return linear(self.g, x, self.p.linear(path), act_bits=cfg.act_bits, act_eps=ACT_EPS,
-                      norm_eps=cfg.rms_norm_eps, name=path, shared=shared)
+                      norm_eps=cfg.rms_norm_eps, name=path)
 
     def subln(self, x: str, path: str) -> str:
         """SubLN's inserted norm (plain x * w), where the model has one."""
@@ -100,7 +104,7 @@ class _Builder:
     def heads(self, x: str, path: str, n: int, norm: str | None) -> str:
         """tokens (B * T, n * D) -> (B, n, T, D), with the per-head QK norm first where given."""
         g, d = self.g, self.cfg.head_dim
-        x = g.op("Reshape", self.linear(x, path, shared=True), self.shape(n, d))
+        x = g.op("Reshape", self.linear(x, path), self.shape(n, d))
         if norm is not None:
             x = self.norm(x, norm)
         return g.op("Transpose", x, perm=[0, 2, 1, 3])
@@ -122,12 +126,12 @@ class _Builder:
 
     def mlp(self, x: str, i: int) -> str:
         g, pre = self.g, f"layers.{i}.mlp."
-        gate = self.linear(x, pre + "gate_proj", shared=True)
+        gate = self.linear(x, pre + "gate_proj")
         if self.cfg.arch == "gemma3":
             act = g.op("Gelu", gate, approximate="tanh")
         else:
             act = g.op("Mul", gate, g.op("Sigmoid", gate))
-        h = g.op("Mul", act, self.linear(x, pre + "up_proj", shared=True))
+        h = g.op("Mul", act, self.linear(x, pre + "up_proj"))
         return self.linear(self.subln(h, pre + "down_norm"), pre + "down_proj")
 
     def layer(self, x: str, i: int, rope, mask) -> str:
@@ -177,11 +181,28 @@ class _Builder:
         norm = g.op("ReduceL2", v, g.axes(-1), keepdims=1)
         return g.op("Div", v, g.op("Max", norm, g.const(1e-12)))
 
+    def embed(self, ids: str) -> str:
+        """The token embeddings of ``ids`` (B, T, ...; the caller reshapes them to tokens): float32 rows, or
+        int8 / int4 rows times their float32 row scale, gathered and then dequantized
+        (``quant.packing.int8_rows`` / ``int4_rows``: two int4 codes per byte, split after the Gather)."""
+        g, table = self.g, self.p["embed_tokens.embedding"]
+        if self.embeddings == "float32":
+            return g.op("Gather", g.tensor(table, "embed_tokens.embedding"), ids)
+        if self.embeddings == "int8":
+            codes, scale = int8_rows(table)
+            rows = g.op("Cast", g.op("Gather", g.tensor(codes, "embed_tokens.int8"), ids), to=TensorProto.FLOAT)
+            return g.op("Mul", rows, g.op("Gather", g.tensor(scale[:, None], "embed_tokens.row_scale"), ids))
+        packed, scale = int4_rows(table)
+        pairs = g.op("BitShift", g.op("Unsqueeze", g.op("Gather", g.tensor(packed, "embed_tokens.int4"), ids),
+                                      g.axes(-1)), g.const([0, 4], np.uint8), direction="RIGHT")
+        digits = g.op("Cast", g.op("BitwiseAnd", pairs, g.const(15, np.uint8)), to=TensorProto.FLOAT)
+        rows = g.op("Sub", digits, g.const(8.0))  # (B, T, H / 2, 2): element 2j, 2j + 1
+        return g.op("Mul", rows, g.op("Gather", g.tensor(scale[:, None, None], "embed_tokens.row_scale"), ids))
+
     def encoder(self, ids: str, attention_mask: str) -> tuple[str, str]:
         g, cfg = self.g, self.cfg
         self.batch_shape = g.op("Shape", ids)
-        x = g.op("Gather", g.tensor(self.p["embed_tokens.embedding"], "embed_tokens.embedding"), ids)
-        x = g.op("Reshape", x, g.const([-1, cfg.hidden_size], np.int64))
+        x = g.op("Reshape", self.embed(ids), g.const([-1, cfg.hidden_size], np.int64))
         if cfg.arch == "gemma3":
             # HF casts the scale to the embedding dtype before multiplying
             x = g.op("Mul", x, g.const(np.float32(cfg.hidden_size ** 0.5)))
@@ -193,10 +214,12 @@ class _Builder:
         return hidden, self.pool(hidden, attention_mask)
 
 
-def build_onnx(model, cfg, *, doc: str = "") -> onnx.ModelProto:
-    """The ONNX model of ``model`` (a bitembed-jax encoder with config ``cfg``), unchecked."""
+def build_onnx(model, cfg, *, doc: str = "", embeddings: str = "float32") -> onnx.ModelProto:
+    """The ONNX model of ``model`` (a bitembed-jax encoder with config ``cfg``), unchecked; ``embeddings``:
+    "float32" (exact), or "int8" / "int4": token embeddings as codes with a float32 scale per row (an
+    approximation, see ``embed``)."""
     g = Graph()
-    hidden, pooled = _Builder(g, cfg, Params(model)).encoder(*INPUTS)
+    hidden, pooled = _Builder(g, cfg, Params(model), embeddings).encoder(*INPUTS)
     for src, name in zip((hidden, pooled), OUTPUTS):
         g.nodes.append(helper.make_node("Identity", [src], [name], name=name))
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch_size", "sequence_length"]) for n in INPUTS]
@@ -206,7 +229,8 @@ def build_onnx(model, cfg, *, doc: str = "") -> onnx.ModelProto:
         helper.make_tensor_value_info(OUTPUTS[1], TensorProto.FLOAT, ["batch_size", cfg.hidden_size]),
     ]
     graph = helper.make_graph(g.nodes, "bitembed_encoder", inputs, outputs, g.initializers, doc_string=doc)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="bitembed-jax")
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                                helper.make_opsetid(MS_DOMAIN, 1)], producer_name="bitembed-jax")
     proto.ir_version = IR_VERSION
     helper.set_model_props(proto, {"mode": cfg.mode, "act_bits": str(cfg.act_bits), "norm": cfg.norm,
                                    "pooling": cfg.pooling, "arch": cfg.arch})

@@ -9,7 +9,10 @@ Activations are float32 throughout.
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
+from bitembed_jax.quant.packing import pack_bitnet_2bit
+
 F32 = TensorProto.FLOAT
+MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib operators
 # the uint8 zero point of the activation codes: MatMulInteger's fast kernel is uint8 x int8
 ZERO_POINT = 128
 
@@ -21,7 +24,7 @@ class Graph:
         self.nodes, self.initializers = [], []
         self._count = 0
         self._consts = {}
-        self.cache = {}  # values computed once per input (see unit_rms_norm)
+        self.cache = {}  # values computed once per input (see rms)
 
     def _name(self, hint: str) -> str:
         self._count += 1
@@ -63,71 +66,76 @@ def rms_norm(g: Graph, x: str, weight: np.ndarray, eps: float, offset: bool, nam
     return g.op("Mul", y, g.tensor(w, name + ".weight"))
 
 
-def unit_rms_norm(g: Graph, x: str, eps: float, dim: int) -> str:
-    """x / sqrt(mean(x^2) + eps), made once per (x, eps) and shared by the per-linear norms of the linears that
-    read the same tokens (q/k/v, gate/up), which then only multiply by their weights: JAX's values exactly
-    (its norm computes the same statistics for each). A weight of ones keeps the pattern ORT fuses into one
-    SimplifiedLayerNormalization pass (left to ORT, the three identical statistics chains get merged first
-    and stop fusing)."""
-    key = ("unit_rms_norm", x, eps)
+def rms(g: Graph, x: str, eps: float, dim: int) -> str:
+    """sqrt(mean(x^2) + eps) per token (N, 1): one ReduceSumSquare pass, made once per (x, eps) and shared by
+    the linears that read the same tokens (q/k/v, gate/up)."""
+    key = ("rms", x, eps)
     if key not in g.cache:
-        g.cache[key] = rms_norm(g, x, np.ones(dim, np.float32), eps, False, g._name("unit_norm"))
+        ms = g.op("Div", g.op("ReduceSumSquare", x, g.axes(-1), keepdims=1), g.const(float(dim)))
+        g.cache[key] = g.op("Sqrt", g.op("Add", ms, g.const(eps)))
     return g.cache[key]
 
 
-def absmax_codes(g: Graph, x: str, bits: int, eps: float) -> tuple[str, str]:
-    """(uint8 codes + ZERO_POINT, per-token code step 1 / s (N, 1)) of ``quant.activation.absmax_int``:
-    s = Qb / max(max|x|, eps), q = clip(round(x * s), -Qb - 1, Qb).
+def ternary_weight(g: Graph, codes: np.ndarray, name: str) -> str:
+    """The int8 ternary codes (in, out) as a graph value, stored 2 bits per weight: ``quant.packing``'s
+    bitnet-2bit layout along the input axis (packed row r holds rows r, r + R, r + 2R, r + 3R as q + 1 in
+    bits 0-1, 2-3, 4-5, 6-7), unpacked by BitShift / BitwiseAnd / Cast / Sub / Reshape. Every input of that
+    chain is an initializer, so ONNX Runtime's constant folding turns it back into the int8 tensor once, at
+    session load (every optimization level but ORT_DISABLE_ALL), and the integer matmul pre-packs that."""
+    codes = np.asarray(codes, np.int8)
+    packed = g.tensor(pack_bitnet_2bit(codes), name + ".codes_2bit")
+    rows = -(-codes.shape[0] // 4)
+    shifted = g.op("BitShift", g.op("Unsqueeze", packed, g.axes(0)),
+                   g.const(np.array([0, 2, 4, 6], np.uint8).reshape(4, 1, 1), np.uint8), direction="RIGHT")
+    digits = g.op("Cast", g.op("BitwiseAnd", shifted, g.const(3, np.uint8)), to=TensorProto.INT8)
+    q = g.op("Reshape", g.op("Sub", digits, g.const(1, np.int8)), g.const([4 * rows, codes.shape[1]], np.int64))
+    if 4 * rows != codes.shape[0]:
+        q = g.op("Slice", q, g.const([0], np.int64), g.const([codes.shape[0]], np.int64), g.axes(0))
+    return q
 
-    max|x| is max(max x, -min x): two reductions that only read x, instead of an Abs tensor written and read.
-    One per-token QuantizeLinear (axis 0, scale 1 / s) divides, rounds half to even as jnp.round does, shifts
-    and casts in a single pass, with no x * s tensor written; its saturation to [0, 255] is the clip, which
-    never binds. x / (1 / s) and JAX's x * s can differ by an ulp, so a value within an ulp of a rounding
-    boundary may get the neighbouring code."""
+
+def ternary_matmul(g: Graph, x: str, lin: dict, bits: int, eps: float, norm_eps: float, name: str) -> str:
+    """``layers.bitlinear`` on tokens x (N, in): [per-linear RMSNorm], then ``quant.bitmatmul.code_matmul``:
+    (Qx @ Qw) / s * gamma, Qx @ Qw exact in int32.
+
+    The per-linear norm is x / r * w with one scalar r per token, so the absmax codes of the normed tokens are
+    those of x * w with the code step multiplied by r: no normed tensor is written, and r (N, 1) goes into
+    the step. One per-token QuantizeLinear (axis 0, scale step * r) divides, rounds half to even as jnp.round
+    does, shifts and casts in a single pass; its saturation to [0, 255] is the clip, which never binds.
+    ``MatMulIntegerToFloat`` (ORT's contrib op, uint8 x int8, its fast integer kernel) multiplies and
+    rescales by step (N, 1) * gamma (scalar or per output) in one kernel. The float operations run in another
+    order than JAX's, so a value within an ulp of a rounding boundary may get the neighbouring code."""
     qb = 2 ** (bits - 1) - 1
+    norm = lin.get("norm")
+    if norm is not None:
+        r = rms(g, x, norm_eps, len(norm))
+        x = g.op("Mul", x, g.tensor(np.asarray(norm, np.float32), name + ".norm.weight"))
     amax = g.op("Max", g.op("ReduceMax", x, g.axes(-1), keepdims=1),
                 g.op("Neg", g.op("ReduceMin", x, g.axes(-1), keepdims=1)))
+    if norm is not None:
+        amax = g.op("Div", amax, r)
     step = g.op("Div", g.op("Max", amax, g.const(eps)), g.const(float(qb)))
-    flat = g.op("Reshape", step, g.const([-1], np.int64))
-    zero = g.op("Expand", g.const(ZERO_POINT, np.uint8), g.op("Shape", flat))
-    return g.op("QuantizeLinear", x, flat, zero, axis=0), step
+    x_step = g.op("Reshape", step if norm is None else g.op("Mul", step, r), g.const([-1], np.int64))
+    if "zero_points" not in g.cache:  # every linear quantizes the same N tokens
+        g.cache["zero_points"] = g.op("Expand", g.const(ZERO_POINT, np.uint8), g.op("Shape", x_step))
+    qx = g.op("QuantizeLinear", x, x_step, g.cache["zero_points"], axis=0)
+    gamma = np.asarray(lin["gamma"], np.float32)
+    gamma = g.tensor(gamma.reshape(() if gamma.size == 1 else (-1,)), name + ".scale")
+    return g.op("MatMulIntegerToFloat", qx, ternary_weight(g, lin["codes"], name), step, gamma,
+                g.const(ZERO_POINT, np.uint8), domain=MS_DOMAIN)
 
 
-def ternary_matmul(g: Graph, x: str, codes: np.ndarray, gamma: np.ndarray, bits: int, eps: float,
-                   name: str) -> str:
-    """``quant.bitmatmul.code_matmul`` on tokens x (N, in): (Qx @ Qw) / s * gamma, with Qx @ Qw exact in int32
-    (MatMulInteger, uint8 x int8: ONNX Runtime's fast integer kernel).
-
-    ``codes``: int8 ternary weights (in, out); ``gamma``: float32 scale, () or (1, out). The int32 products
-    are cast and rescaled in one pass by DequantizeLinear along the tokens, as acc * (gamma / s)."""
-    qx, step = absmax_codes(g, x, bits, eps)
-    w = g.tensor(np.asarray(codes, np.int8), name + ".codes")
-    acc = g.op("MatMulInteger", qx, w, g.const(ZERO_POINT, np.uint8))
-    gamma = np.asarray(gamma, np.float32)
-    if gamma.size == 1:
-        rescale = g.op("Mul", step, g.tensor(gamma.reshape(()), name + ".scale"))
-        return g.op("DequantizeLinear", acc, g.op("Reshape", rescale, g.const([-1], np.int64)), axis=0)
-    per_row = g.op("DequantizeLinear", acc, g.tensor(gamma.reshape(-1), name + ".scale"), axis=1)
-    return g.op("Mul", per_row, step)
-
-
-def linear(g: Graph, x: str, lin: dict, *, act_bits: int, act_eps: float, norm_eps: float, name: str,
-           shared: bool = False) -> str:
+def linear(g: Graph, x: str, lin: dict, *, act_bits: int, act_eps: float, norm_eps: float, name: str) -> str:
     """One BitLinear (``layers/bitlinear.py``) on tokens x (N, in): [per-linear RMSNorm], ternary codes or
     fp32 matmul, [bias].
 
     ``lin``: {"kernel": float32 (in, out)} for fp, or {"codes", "gamma"} for ternary, plus optional
-    "norm" (the inserted RMSNorm's weight) and "bias". ``shared``: other linears read the same x (see
-    ``unit_rms_norm``)."""
-    norm = lin.get("norm")
-    if norm is not None and shared:
-        weight = g.tensor(np.asarray(norm, np.float32), name + ".norm.weight")
-        x = g.op("Mul", unit_rms_norm(g, x, norm_eps, len(norm)), weight)
-    elif norm is not None:
-        x = rms_norm(g, x, norm, norm_eps, False, name + ".norm")
+    "norm" (the inserted RMSNorm's weight) and "bias"."""
     if "codes" in lin:
-        y = ternary_matmul(g, x, lin["codes"], lin["gamma"], act_bits, act_eps, name)
+        y = ternary_matmul(g, x, lin, act_bits, act_eps, norm_eps, name)
     else:
+        if lin.get("norm") is not None:
+            x = rms_norm(g, x, lin["norm"], norm_eps, False, name + ".norm")
         y = g.op("MatMul", x, g.tensor(np.asarray(lin["kernel"], np.float32), name + ".kernel"))
     if lin.get("bias") is not None:
         y = g.op("Add", y, g.tensor(np.asarray(lin["bias"], np.float32), name + ".bias"))

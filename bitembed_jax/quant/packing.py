@@ -5,6 +5,8 @@
   along dim 0. With R = ceil(out / 4), packed row r holds original rows r, r+R,
   r+2R, r+3R in bits 0-1, 2-3, 4-5, 6-7; missing rows (out % 4 != 0) leave their
   bits zero, as transformers' loop does.
+- ``int8_rows`` / ``int4_rows``: per-row absmax int8 / int4 codes of a float table (not ternary: the token
+  embeddings).
 - ``pack_base3``: 5 trits per byte, byte = sum_i (t_i + 1) * 3**i over the
   row-major flattened tensor (1.6 bits per weight); the tail is padded with
   digit 0.
@@ -68,3 +70,24 @@ def unpack_base3(packed: np.ndarray, shape) -> np.ndarray:
         raise ValueError("invalid base-3 byte (> 242)")
     digits = (packed[:, None] // _POW3) % 3
     return (digits.ravel()[:n].astype(np.int8) - 1).reshape(shape)
+
+
+def int8_rows(e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row absmax int8 of a float table (token embeddings): (codes int8 (V, H), row_scale float32 (V,));
+    value = code * row_scale, within row_scale / 2 of the float value."""
+    e = np.asarray(e, np.float32)
+    scale = (np.maximum(np.abs(e).max(axis=1), np.float32(1e-12)) / np.float32(127)).astype(np.float32)
+    codes = np.clip(np.round(e / scale[:, None]), -127, 127).astype(np.int8)
+    return codes, scale
+
+
+def int4_rows(e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row absmax int4 of a float table (V, H), H even: (uint8 (V, H / 2), row_scale float32 (V,)); byte j of
+    a row holds code + 8 of element 2j in bits 0-3 and of element 2j + 1 in bits 4-7, codes in [-7, 7];
+    value = code * row_scale, within row_scale / 2 of the float value."""
+    e = np.asarray(e, np.float32)
+    if e.shape[1] % 2:
+        raise ValueError(f"int4 rows pack two values per byte: the row length {e.shape[1]} is odd")
+    scale = (np.maximum(np.abs(e).max(axis=1), np.float32(1e-12)) / np.float32(7)).astype(np.float32)
+    digits = (np.clip(np.round(e / scale[:, None]), -7, 7) + 8).astype(np.uint8)
+    return digits[:, 0::2] | (digits[:, 1::2] << 4), scale
