@@ -103,7 +103,7 @@ def load_metadata(out_dir: str) -> dict:
     try:
         meta = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"no dataset built by build_dataset in {out_dir} (missing {METADATA_FILE})") from None
+        raise FileNotFoundError(f"no prepared dataset in {out_dir} (missing {METADATA_FILE})") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} was not written by build_dataset (format {meta.get('format')!r})")
     return meta

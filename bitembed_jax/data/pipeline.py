@@ -21,7 +21,8 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from bitembed_jax.data.prepared import CountingSource, read_metadata
+from bitembed_jax.data.dataset_record import load_metadata
+from bitembed_jax.data.prepared import CountingSource
 from bitembed_jax.data.tokenize import DEFAULT_QUERY_TEMPLATE, PairArrays
 
 
@@ -95,7 +96,7 @@ class PairPipeline:
             raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
         if instruction is not None and "{query}" not in query_template:
             raise ValueError(f"query_template must contain '{{query}}', got {query_template!r}")
-        stats = read_metadata(data_dir)["splits"]
+        stats = load_metadata(data_dir)["splits"]
         if split not in stats:
             raise ValueError(f"split {split!r} not in {data_dir} (has {sorted(stats)})")
         if num_negatives and stats[split]["without_negatives"]:

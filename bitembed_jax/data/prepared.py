@@ -13,22 +13,10 @@ import threading
 
 from etils import epath
 
-from bitembed_jax.data.tfds_builder import FORMAT, METADATA_FILE
+from bitembed_jax.data.dataset_record import METADATA_FILE
 
 # a folder: every process writes there which records it read (tests and bench/data_pod_read.py check the shares)
 READS_ENV = "BITEMBED_DATA_READS"
-
-
-def read_metadata(data_dir: str) -> dict:
-    """The build record of a prepared dataset, local or remote; FileNotFoundError / ValueError if it is not one."""
-    path = epath.Path(data_dir) / METADATA_FILE
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no prepared dataset in {data_dir} (missing {METADATA_FILE})") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} was not written by build_dataset (format {meta.get('format')!r})")
-    return meta
 
 
 def is_prepared(data_dir: str) -> bool:

@@ -5,7 +5,8 @@ import shutil
 import jax
 
 from bitembed_jax.data.pipeline import DEFAULT_QUERY_TEMPLATE, PairPipeline
-from bitembed_jax.data.prepared import is_prepared, read_metadata
+from bitembed_jax.data.dataset_record import load_metadata
+from bitembed_jax.data.prepared import is_prepared
 from bitembed_jax.data.tfds_builder import build_dataset, needs_rebuild
 from bitembed_jax.io import paths
 from bitembed_jax.parallel.distributed import agree
@@ -93,7 +94,7 @@ def _per_host_cost(cfg, path: str) -> str:
 
 def _check_prepared(cfg, path: str, log):
     """A prepared dataset is used as it is; training files named as well must be the ones it was built from."""
-    meta = read_metadata(path)
+    meta = load_metadata(path)
     files = list(cfg.data.train_files)
     if files and not paths.is_remote(path) and not any(paths.is_remote(f) for f in files):
         reason = _stale(cfg, path)
