@@ -15,6 +15,11 @@ Additional GRPC error information from remote target coordination_service:
 *** Check failure stack trace: ***
     @     0x7f0560540634  absl::lts_20260107::log_internal::LogMessage::SendToLog()
 """
+RUNTIME_WARNING = """\
+W1205 22:27:16.247878   20339 preemption_sync_manager.cc:147] Failed to retrieve preemption notice: UNAVAILABLE
+Additional GRPC error information from remote target coordination_service while calling /xla.Coordination/GetKeyValue:
+:UNKNOWN:Error received from peer  {grpc_message:"Socket closed", grpc_status:14}. This is only expected if one of
+"""
 TRACEBACK = """\
 Traceback (most recent call last):
   File "x.py", line 1, in <module>
@@ -26,7 +31,7 @@ jaxlib.XlaRuntimeError: INTERNAL: gloo: Connection reset by peer
 def test_the_filter_keeps_our_lines_and_drops_the_runtimes():
     noise = NoiseFilter()
     lines = ["[Gloo] Rank 0 is connected to 1 peer ranks. Expected number of connected peer ranks is : 1\n",
-             "built dataset /w/dataset from pairs.jsonl: 64 pairs\n", *TRACEBACK.splitlines(True),
+             "built dataset /w/dataset from pairs.jsonl: 64 pairs\n", *RUNTIME_WARNING.splitlines(True), *TRACEBACK.splitlines(True),
              "error: lost process 1 of 2 (no heartbeat for 10 s)\n", *RUNTIME_FATAL.splitlines(True),
              "error: anything after a fatal error is the runtime's\n"]
     shown = [noise.keep(line) for line in lines]

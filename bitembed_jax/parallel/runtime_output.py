@@ -19,6 +19,8 @@ ENV_VERBOSE = "BITEMBED_VERBOSE"
 GLOO = re.compile(r"\[Gloo\] [^\r\n]*")
 ABSL = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\] ")
 FATAL = re.compile(r"^(F\d{4} \d\d:\d\d:\d\d|\*\*\* Check failure stack trace|\*\*\* SIG[A-Z]+|Fatal Python error)")
+# the two lines gRPC adds to a runtime log line about a lost peer: a warning's, not only a fatal error's
+GRPC_DETAIL = "Additional GRPC error information from remote target "
 TRACEBACK_CONTINUED = ("Traceback (most recent call last)", "During handling of", "The above exception")
 
 
@@ -33,6 +35,7 @@ class NoiseFilter:
     def __init__(self):
         self.fatal = False
         self.in_traceback = False
+        self.grpc_detail = False
         self.hidden = 0
 
     def keep(self, line: str) -> str | None:
@@ -43,7 +46,9 @@ class NoiseFilter:
                 self.hidden += 1
                 return None
         text = line.rstrip("\r\n")
-        hide = self.fatal or bool(FATAL.match(text) or ABSL.match(text))
+        hide = self.fatal or self.grpc_detail or bool(FATAL.match(text) or ABSL.match(text))
+        self.grpc_detail = text.startswith(GRPC_DETAIL)
+        hide = hide or self.grpc_detail
         self.fatal = self.fatal or bool(FATAL.match(text))
         if text.startswith(TRACEBACK_CONTINUED[0]):
             self.in_traceback = True
