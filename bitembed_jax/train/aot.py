@@ -45,6 +45,12 @@ def abstract_batch(cfg, shardings):
 def compile_programs(cfg, devices):
     """([compiled train step, compiled warmup step if gradual quantization is on], model config): the step
     with the teacher for fine-tuning configs, lowered and compiled for ``devices``."""
+    lowered, mcfg = lower_programs(cfg, devices)
+    return [p.compile() for p in lowered], mcfg
+
+
+def lower_programs(cfg, devices):
+    """``compile_programs`` before XLA compiles: the programs lowered for ``devices``, and the model config."""
     if uses_teacher(cfg) and not cfg.teacher.model:
         # only the teacher's architecture matters here, and it is the student's (in fp)
         cfg = cfg.copy_and_resolve_references()
@@ -64,7 +70,7 @@ def compile_programs(cfg, devices):
     state = with_shardings(fns.abstract_state, fns.state_shardings)
     batch = abstract_batch(cfg, fns.batch_shardings)
     programs = [fns.step] + ([fns.warmup_step] if fns.warmup_step is not None else [])
-    return [p.lower(state, batch, *extra).compile() for p in programs], mcfg
+    return [p.lower(state, batch, *extra) for p in programs], mcfg
 
 
 def compile_step(cfg, devices):
