@@ -31,7 +31,8 @@ jaxlib.XlaRuntimeError: INTERNAL: gloo: Connection reset by peer
 def test_the_filter_keeps_our_lines_and_drops_the_runtimes():
     noise = NoiseFilter()
     lines = ["[Gloo] Rank 0 is connected to 1 peer ranks. Expected number of connected peer ranks is : 1\n",
-             "built dataset /w/dataset from pairs.jsonl: 64 pairs\n", *RUNTIME_WARNING.splitlines(True), *TRACEBACK.splitlines(True),
+             "built dataset /w/dataset from pairs.jsonl: 64 pairs\n", *RUNTIME_WARNING.splitlines(True),
+             *TRACEBACK.splitlines(True),
              "error: lost process 1 of 2 (no heartbeat for 10 s)\n", *RUNTIME_FATAL.splitlines(True),
              "error: anything after a fatal error is the runtime's\n"]
     shown = [noise.keep(line) for line in lines]

@@ -49,10 +49,9 @@ def plot(path: str, meta: dict, rows: list[dict]) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, r in enumerate(rows):
         mark, color = {"usearch": "o", "faiss": "s", "pgvector": "^"}[r["engine"]], f"C{i % 10}"
-        ax.scatter(r["qps_1t"], fidelity(r), marker=mark, edgecolors=color,
-                   facecolors="none" if r["variant"] == "flat" else color)
-        ax.annotate(f"{r['precision']}{' x' + str(r['rescore']) if r['rescore'] > 1 else ''}",
-                    (r["qps_1t"], fidelity(r)), fontsize=6)
+        point = (r["qps_1t"], fidelity(r))
+        ax.scatter(*point, marker=mark, edgecolors=color, facecolors="none" if r["variant"] == "flat" else color)
+        ax.annotate(f"{r['precision']}{' x' + str(r['rescore']) if r['rescore'] > 1 else ''}", point, fontsize=6)
     ax.set_xscale("log")
     ax.set_xlabel("queries/s, 1 thread (o usearch, s faiss, ^ pgvector; hollow flat, filled HNSW)")
     ax.set_ylabel(f"recall@{meta['k']} vs the exact search approximated\n(raw fp32 for fp32, else calibrated fp32)")

@@ -46,10 +46,10 @@ class NoiseFilter:
                 self.hidden += 1
                 return None
         text = line.rstrip("\r\n")
-        hide = self.fatal or self.grpc_detail or bool(FATAL.match(text) or ABSL.match(text))
-        self.grpc_detail = text.startswith(GRPC_DETAIL)
-        hide = hide or self.grpc_detail
-        self.fatal = self.fatal or bool(FATAL.match(text))
+        fatal, detail_follows = bool(FATAL.match(text)), self.grpc_detail
+        self.grpc_detail = text.startswith(GRPC_DETAIL)  # its next line is the detail itself
+        hide = self.fatal or fatal or detail_follows or self.grpc_detail or bool(ABSL.match(text))
+        self.fatal = self.fatal or fatal
         if text.startswith(TRACEBACK_CONTINUED[0]):
             self.in_traceback = True
         if self.in_traceback:
