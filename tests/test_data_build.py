@@ -192,3 +192,18 @@ def test_build_memory_does_not_grow_with_the_corpus(tmp_path):
     assert large < 1.3 * small, (small, large)
     assert [len(v) for v in stored(tmp_path / "ds24000").values()] == [24000]
     assert json.loads((tmp_path / "ds24000" / "metadata.json").read_text())["splits"]["train"]["count"] == 24000
+
+
+def _double(task):
+    return {"index": task, "value": 2 * task}
+
+
+def test_the_direct_runner_runs_here_and_leaves_no_temp_folder(tmp_path, monkeypatch):
+    """DirectRunner's own first try, the Prism runner, would download a binary and leave /tmp/beam-temp*."""
+    import tempfile
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    results = BeamRunner(workers=1).map(_double, [2, 0, 1], str(tmp_path / "work"), "double")
+    assert [r["value"] for r in results] == [0, 2, 4]
+    assert os.listdir(temp) == []

@@ -70,10 +70,20 @@ class BeamRunner:
             opts.setdefault("default_sdk_harness_log_level", "WARNING")  # the local workers' INFO is noise
         return PipelineOptions([f"--{k}={v}" for k, v in opts.items()])
 
+    def beam_runner(self):
+        """The runner object: for DirectRunner, Beam's FnApiRunner itself. DirectRunner would first try the Prism
+        runner, which downloads a binary from GitHub at run time (offline it fails and leaves an empty
+        /tmp/beam-temp* folder per pipeline; online it ignores direct_num_workers), then fall back to this."""
+        if self.runner != "DirectRunner":
+            return self.runner
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return FnApiRunner()
+
     def map(self, fn: Callable[[object], dict], tasks: Sequence, work_dir: str, desc: str) -> list[dict]:
         beam = _import_beam()
         epath.Path(work_dir).mkdir(parents=True, exist_ok=True)
-        with beam.Pipeline(options=self.pipeline_options()) as p:
+        with beam.Pipeline(runner=self.beam_runner(), options=self.pipeline_options()) as p:
             _ = (p | f"{desc}: tasks" >> beam.Create(list(tasks), reshuffle=False)
                  | "spread over workers" >> beam.Reshuffle()
                  | desc >> beam.Map(_run_and_save, fn, work_dir))
