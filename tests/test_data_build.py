@@ -1,5 +1,6 @@
 """`bitembed-jax data build`: the Beam build is independent of the worker count, takes globs, folders and
 Parquet, refuses bad input with one line and nothing written, and its memory does not grow with the corpus."""
+import collections
 import json
 import os
 import tracemalloc
@@ -194,16 +195,31 @@ def test_build_memory_does_not_grow_with_the_corpus(tmp_path):
     assert json.loads((tmp_path / "ds24000" / "metadata.json").read_text())["splits"]["train"]["count"] == 24000
 
 
+Task = collections.namedtuple("Task", "index value")
+
+
 def _double(task):
-    return {"index": task, "value": 2 * task}
+    return {"index": task.index, "value": 2 * task.value}
 
 
-def test_the_direct_runner_runs_here_and_leaves_no_temp_folder(tmp_path, monkeypatch):
+def _plan_positive(results):
+    """The second pass's tasks: those of the first pass's positive results, by index."""
+    return {r["index"]: Task(r["index"], r["value"]) for r in results if r["value"] > 0}
+
+
+def _square(task):
+    return {"index": task.index, "value": task.value ** 2}
+
+
+@pytest.mark.parametrize("runner", [LocalRunner(), BeamRunner(workers=1)], ids=["local", "beam"])
+def test_two_passes_run_the_planned_tasks_and_leave_no_temp_folder(runner, tmp_path, monkeypatch):
     """DirectRunner's own first try, the Prism runner, would download a binary and leave /tmp/beam-temp*."""
     import tempfile
     temp = tmp_path / "temp"
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
-    results = BeamRunner(workers=1).map(_double, [2, 0, 1], str(tmp_path / "work"), "double")
-    assert [r["value"] for r in results] == [0, 2, 4]
+    tasks = [Task(0, 2), Task(1, 0), Task(2, 1)]
+    first, second = runner.two_passes(_double, tasks, _plan_positive, _square, str(tmp_path / "work"), ("a", "b"))
+    assert first == [{"index": 0, "value": 4}, {"index": 1, "value": 0}, {"index": 2, "value": 2}]
+    assert second == [{"index": 0, "value": 16}, {"index": 2, "value": 4}]
     assert os.listdir(temp) == []

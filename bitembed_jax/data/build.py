@@ -2,15 +2,16 @@
 
 1. The inputs are expanded (files, globs, folders) and cut into chunks (``inputs``); the destination's free
    space is checked against an estimate from the input sizes. Nothing is read yet.
-2. Pass 1 (``validate_chunk`` per chunk, in parallel) counts each chunk's good records; a bad record stops
-   the build here, before anything is written, naming its file and line.
-3. The driver gives every record its global index (chunk offsets from the counts), holds out the validation
-   records (a seeded choice of indices) and names each chunk's shard per split.
+2. Pass 1 (``validate_chunk`` per chunk, in parallel) counts each chunk's good records.
+3. ``_plan``, once over all counts, gives every record its global index (chunk offsets from the counts), holds
+   out the validation records (a seeded choice of indices) and names each chunk's shard per split; a bad
+   record stops the build here, before anything is written, naming its file and line.
 4. Pass 2 (``write_chunk`` per chunk, in parallel) writes the shards into a scratch folder next to the
    destination, streaming; the driver writes TFDS's files and ``metadata.json`` and renames the folder into
    place. Shard k of a split holds chunk k's records in input order, so the stored order and ``data_digest``
    do not depend on the runner or the number of workers.
 
+On Beam the three steps are one pipeline (the plan is pass 2's side input), so its workers start once.
 Memory is flat: a worker holds one record at a time, the driver a few numbers per chunk.
 """
 import functools
@@ -114,19 +115,26 @@ def _finish(scratch: str, out_dir: str):
     _remove(scratch)
 
 
-def _validate(chunks, runner, skip_bad: bool, work: str) -> tuple[list[dict], int, list[str]]:
-    results = runner.map(functools.partial(chunk_tasks.validate_chunk, skip_bad=skip_bad), chunks,
-                         paths.join(work, "validate"), "validate")
-    for r in results:  # the first bad record in input order, whichever worker met it first
+def _plan(checked: list[dict], *, chunks, validation_fraction: float, seed: int, scratch: str,
+          max_negatives) -> dict:
+    """From pass 1's results (sorted by chunk): {chunk index: its write task}; raises on the first bad record in
+    input order (whichever worker met it first), or when no record is valid."""
+    for r in checked:
         if r["error"]:
             raise records.RecordError(r["error"])
-    reasons = [reason for r in results for reason in r["reasons"]][:records.MAX_REASONS]
-    skipped = sum(r["skipped"] for r in results)
-    if sum(r["good"] for r in results) == 0:
+    counts = [r["good"] for r in checked]
+    if sum(counts) == 0:
         files = ", ".join(dict.fromkeys(c.path for c in chunks))
+        skipped, reasons = _skips(checked)
         hint = f" ({skipped} bad records skipped, e.g. {reasons[0]})" if skipped else ""
         raise records.RecordError(f"no valid records in {files}{hint}")
-    return results, skipped, reasons
+    val = validation_indices(sum(counts), validation_fraction, seed)
+    return {t["index"]: t for t in _write_tasks(chunks, counts, val, scratch, max_negatives)}
+
+
+def _skips(checked: list[dict]) -> tuple[int, list[str]]:
+    reasons = [reason for r in checked for reason in r["reasons"]][:records.MAX_REASONS]
+    return sum(r["skipped"] for r in checked), reasons
 
 
 def _write_tasks(chunks, counts: list[int], val: np.ndarray, scratch: str, max_negatives) -> list[dict]:
@@ -186,17 +194,16 @@ def build(files: Sequence[str], out_dir: str, runner, *, skip_bad: bool = False,
     paths.check_apart("--out", out_dir, [("FILES", f) for f in given + files], "build into another folder")
     check_replaceable(out_dir, files, options, overwrite, overwrite_flag)
     check_free_space(out_dir, estimate + SHARD_OVERHEAD_BYTES * 2 * len(chunks))
-    say(f"validating {len(files)} files ({estimate / 2**20:.0f} MiB, {len(chunks)} chunks)")
+    say(f"validating, then writing {len(files)} files ({estimate / 2**20:.0f} MiB, {len(chunks)} chunks)")
     scratch = _scratch(out_dir)
     work = paths.join(scratch, "_work")
     try:
-        checked, skipped, reasons = _validate(chunks, runner, skip_bad, work)
-        counts = [r["good"] for r in checked]
-        val = validation_indices(sum(counts), validation_fraction, seed)
-        say(f"writing {sum(counts)} pairs" + (f" ({len(val)} held out for validation)" if len(val) else ""))
-        tasks = _write_tasks(chunks, counts, val, scratch, max_negatives)
-        written = runner.map(chunk_tasks.write_chunk, tasks, paths.join(work, "write"), "write")
+        plan = functools.partial(_plan, chunks=chunks, validation_fraction=validation_fraction, seed=seed,
+                                 scratch=scratch, max_negatives=max_negatives)
+        checked, written = runner.two_passes(functools.partial(chunk_tasks.validate_chunk, skip_bad=skip_bad),
+                                             chunks, plan, chunk_tasks.write_chunk, work, ("validate", "write"))
         _remove(work)
+        skipped, reasons = _skips(checked)
         lengths, num_bytes, stats, digest = _combine(written)
         fingerprints = [r["fingerprint"] for r in checked if r.get("fingerprint")]
         metadata = {"format": dataset_record.FORMAT, "sources": fingerprints, "options": options,

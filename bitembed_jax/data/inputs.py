@@ -108,9 +108,10 @@ def plan_chunks(files: Sequence[str], chunk_bytes: int = CHUNK_BYTES) -> tuple[l
             more, size = _parquet_chunks(path, len(chunks))
         else:
             size = file_size(path)
-            starts = range(0, max(size, 1), chunk_bytes)
-            more = [Chunk(len(chunks) + i, path, "jsonl", s, min(s + chunk_bytes, size))
-                    for i, s in enumerate(starts)]
+            # equal parts of at most chunk_bytes: the DirectRunner hands each worker the same number of chunks,
+            # so a short last chunk per file would leave one worker idle while the other finishes
+            n = max(1, -(-size // chunk_bytes))
+            more = [Chunk(len(chunks) + i, path, "jsonl", i * size // n, (i + 1) * size // n) for i in range(n)]
         chunks.extend(more)
         estimate += size
     return chunks, estimate

@@ -1,8 +1,10 @@
 """Run a build's per-chunk jobs: in this process (``LocalRunner``), or as an Apache Beam pipeline
 (``BeamRunner``: the DirectRunner on N local processes, or Dataflow, Flink, Spark with their options).
 
-Both take a picklable function and a list of picklable tasks and return the function's results (dicts with
-an ``"index"``) sorted by index, so the caller never depends on the order in which workers finished.
+Both run two passes over the same tasks (each with an ``index``), ``first`` on each, then ``plan`` once on all of ``first``'s results
+(a {index: task} of ``second``'s tasks), then ``second`` on the planned ones; they return both passes'
+results (dicts with an ``"index"``) sorted by index, so the caller never depends on the order in which workers
+finished. On Beam both passes are one pipeline: its workers start once.
 """
 import json
 import logging
@@ -10,6 +12,8 @@ from typing import Callable, Sequence
 
 from etils import epath
 from tqdm import tqdm
+
+from bitembed_jax.io import paths
 
 RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")
 
@@ -20,17 +24,42 @@ class LocalRunner:
     def __init__(self, progress_delay_s: float = 2.0):
         self.progress_delay_s = progress_delay_s
 
-    def map(self, fn: Callable[[object], dict], tasks: Sequence, work_dir: str, desc: str) -> list[dict]:
-        del work_dir  # results stay in memory
+    def _map(self, fn: Callable[[object], dict], tasks: Sequence, desc: str) -> list[dict]:
         bar = tqdm(tasks, delay=self.progress_delay_s, desc=desc, unit=" chunks", leave=False)
         return sorted((fn(t) for t in bar), key=lambda r: r["index"])
 
+    def two_passes(self, first: Callable, tasks: Sequence, plan: Callable, second: Callable, work_dir: str,
+                   descs: tuple[str, str]) -> tuple[list[dict], list[dict]]:
+        del work_dir  # results stay in memory
+        first_results = self._map(first, tasks, descs[0])
+        planned = plan(first_results)
+        return first_results, self._map(second, [planned[k] for k in sorted(planned)], descs[1])
 
-def _run_and_save(task, fn, work_dir: str):
+
+def _run_and_save(task, fn, work_dir: str) -> dict:
     """Runs on a Beam worker: the result goes to a small file under the build's scratch folder, which the
     launching process reads back (a retried task rewrites the same file)."""
     result = fn(task)
     (epath.Path(work_dir) / f"{result['index']:08d}.json").write_text(json.dumps(result))
+    return result
+
+
+def _run_planned(task, planned: dict, fn, work_dir: str):
+    """The second pass on a Beam worker: the task ``plan`` made of this chunk, if any."""
+    if task.index in planned:
+        _run_and_save(planned[task.index], fn, work_dir)
+
+
+def _plan_all(results: list, plan) -> dict:
+    """On a worker: a plan that raises (a bad record) writes nothing; the launching process raises it."""
+    try:
+        return plan(sorted(results, key=lambda r: r["index"]))
+    except Exception:  # noqa: BLE001 - raised again, whatever it is, where plan runs after the pipeline
+        return {}
+
+
+def _read_results(work_dir: str) -> list[dict]:
+    return [json.loads(f.read_text()) for f in sorted(epath.Path(work_dir).glob("*.json"))]
 
 
 def _import_beam():
@@ -80,14 +109,27 @@ class BeamRunner:
 
         return FnApiRunner()
 
-    def map(self, fn: Callable[[object], dict], tasks: Sequence, work_dir: str, desc: str) -> list[dict]:
+    def two_passes(self, first: Callable, tasks: Sequence, plan: Callable, second: Callable, work_dir: str,
+                   descs: tuple[str, str]) -> tuple[list[dict], list[dict]]:
+        """``plan`` runs on a worker too (its result is the second pass's side input); the launching process
+        calls it again on the results it reads back, so a plan that raises raises here, after the pipeline."""
         beam = _import_beam()
-        epath.Path(work_dir).mkdir(parents=True, exist_ok=True)
+        dirs = [paths.join(work_dir, d) for d in descs]
+        for d in dirs:
+            epath.Path(d).mkdir(parents=True, exist_ok=True)
         with beam.Pipeline(runner=self.beam_runner(), options=self.pipeline_options()) as p:
-            _ = (p | f"{desc}: tasks" >> beam.Create(list(tasks), reshuffle=False)
-                 | "spread over workers" >> beam.Reshuffle()
-                 | desc >> beam.Map(_run_and_save, fn, work_dir))
-        results = [json.loads(f.read_text()) for f in sorted(epath.Path(work_dir).glob("*.json"))]
-        if len(results) != len(tasks):
-            raise RuntimeError(f"the Beam pipeline '{desc}' returned {len(results)} results for {len(tasks)} tasks")
-        return results
+            chunks = (p | "tasks" >> beam.Create(list(tasks), reshuffle=False)
+                      | "spread over workers" >> beam.Reshuffle())
+            planned = (chunks | descs[0] >> beam.Map(_run_and_save, first, dirs[0])
+                       | "gather" >> beam.combiners.ToList() | "plan" >> beam.Map(_plan_all, plan))
+            _ = chunks | descs[1] >> beam.Map(_run_planned, beam.pvalue.AsSingleton(planned), second, dirs[1])
+        first_results = _read_results(dirs[0])
+        if len(first_results) != len(tasks):
+            raise RuntimeError(f"the Beam pipeline '{descs[0]}' returned {len(first_results)} results for "
+                               f"{len(tasks)} tasks")
+        planned = plan(first_results)
+        second_results = _read_results(dirs[1])
+        if len(second_results) != len(planned):
+            raise RuntimeError(f"the Beam pipeline '{descs[1]}' returned {len(second_results)} results for "
+                               f"{len(planned)} tasks")
+        return first_results, second_results
