@@ -1,6 +1,6 @@
 """Data preparation at scale: build throughput at 1 and 2 workers and peak memory vs corpus size.
 
-    python bench/data_scale.py build-speed --pairs 400000 --repeats 2
+    python bench/data_scale.py build-speed --pairs 1000000 --repeats 2
     python bench/data_scale.py build-memory --pairs 500000 4000000
 
 Modes are subcommands (``build-speed``, ``build-memory``); each generates its synthetic corpus (12-word queries,
@@ -141,7 +141,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="mode", required=True)
     s = sub.add_parser("build-speed")
-    s.add_argument("--pairs", type=int, default=400_000)
+    s.add_argument("--pairs", type=int, default=1_000_000)
     s.add_argument("--repeats", type=int, default=2)
     s.set_defaults(func=build_speed)
     m = sub.add_parser("build-memory")
