@@ -199,7 +199,8 @@ def test_folder_layout_for_sentence_transformers(exports):
     # ternary linears are 2-bit codes into MatMulIntegerToFloat; no float copy of them rides along
     model = onnx.load(os.path.join(folder, "onnx", "model.onnx"))
     inits = {t.name: t for t in model.graph.initializer}
-    assert inits["layers.0.self_attn.q_proj.codes_2bit"].data_type == onnx.TensorProto.UINT8
+    q_proj = inits["layers.0.self_attn.q_proj.codes_int2"]
+    assert q_proj.data_type == onnx.TensorProto.INT2 and len(q_proj.raw_data) == -(-np.prod(q_proj.dims) // 4)
     assert not any(n.endswith(".kernel") for n in inits)
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("MatMulIntegerToFloat") == 7 * 3 and "QuantizeLinear" in ops
@@ -255,7 +256,7 @@ def test_overwrite_replaces_an_export(exports, tmp_path):
 
 
 def test_unpacked_weights_are_the_ternary_codes(exports, tmp_path):
-    """The file holds 2-bit codes; ONNX Runtime's constant folding unpacks them at session load into int8
+    """The file holds 2-bit codes (INT2); ONNX Runtime's constant folding casts them at session load into int8
     tensors equal to the JAX model's ternary codes, and no unpacking node is left to run per call."""
     from bitembed_jax.export.onnx_graph import ternary_codes
     from bitembed_jax.layers.bitlinear import linears
@@ -266,7 +267,7 @@ def test_unpacked_weights_are_the_ternary_codes(exports, tmp_path):
     opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(os.path.join(folder, "onnx", "model.onnx"), opts, providers=["CPUExecutionProvider"])
     optimized = onnx.load(opts.optimized_model_filepath)
-    assert not {"BitShift", "BitwiseAnd"} & {n.op_type for n in optimized.graph.node}
+    assert not [n for n in optimized.graph.node if any(i.endswith(".codes_int2") for i in n.input)]
     inits = {t.name: t for t in optimized.graph.initializer}
     matmuls = [n for n in optimized.graph.node if n.op_type == "MatMulIntegerToFloat"]
     model, _ = load_model_dir(ckpt)
@@ -282,40 +283,50 @@ def test_unpacked_weights_are_the_ternary_codes(exports, tmp_path):
 
 @pytest.mark.parametrize("rows", [4, 6, 7])
 def test_two_bit_unpacking_any_row_count(rows):
-    """``ternary_weight``'s in-graph unpacking, input axes that are and are not multiples of 4."""
+    """``ternary_weight``'s INT2 codes and Cast, run as nodes, for sizes that are and are not multiples of 4;
+    and ``pack_int2`` against ONNX's own INT2 reader."""
     from onnx import helper
 
+    from bitembed_jax.export.onnx_graph import IR_VERSION, OPSET
     from bitembed_jax.export.onnx_ops import Graph, ternary_weight
+    from bitembed_jax.quant.packing import unpack_int2
 
     codes = np.random.default_rng(rows).integers(-1, 2, size=(rows, 5)).astype(np.int8)
     g = Graph()
     out = ternary_weight(g, codes, "w")
+    assert np.array_equal(onnx.numpy_helper.to_array(g.initializers[0]).astype(np.int8), codes)
+    assert np.array_equal(unpack_int2(np.frombuffer(g.initializers[0].raw_data, np.uint8), codes.shape), codes)
     graph = helper.make_graph(g.nodes, "unpack", [], [helper.make_tensor_value_info(out, onnx.TensorProto.INT8,
-                                                                                    None)], g.initializers)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    proto.ir_version = 10
+                                                                                    codes.shape)], g.initializers)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    proto.ir_version = IR_VERSION
+    onnx.checker.check_model(proto, full_check=True)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the nodes run, not folded
     got = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {})[0]
     assert got.dtype == np.int8 and np.array_equal(got, codes)
 
 
-@pytest.mark.parametrize("bits", [8, 4])
-def test_low_bit_embeddings_option(exports, tmp_path, bits):
-    """--int8-embeddings / --int4-embeddings: int8 or int4 rows and a float32 scale per row (each value within
-    half a step of the float one), gathered then dequantized in the graph: its vectors are those of the JAX
-    model whose table is the dequantized one. (What the rounding costs against the float table:
-    bench/onnx_options_quality.py on a real model; random tiny ternary models amplify any change.)"""
+@pytest.mark.parametrize("bits,block", [(8, None), (4, None), (8, "row")])
+def test_low_bit_embeddings_option(exports, tmp_path, bits, block):
+    """--int8-embeddings / --int4-embeddings: int8 or int4 codes and a float16 scale per block of 32 values
+    (--embedding-block; the hidden size: one per row), each value within half a step of the float one,
+    gathered then dequantized in the graph: its vectors are those of the JAX model whose table is the
+    dequantized one. (What the rounding costs against the float table: bench/onnx_fidelity.py on a real
+    model; random tiny ternary models amplify any change.)"""
     ckpt, _ = exports["qwen3_ternary_a8"]
+    model, _ = load_model_dir(ckpt)
+    table = np.asarray(model.embed_tokens.embedding[...], np.float32)
+    size = 32 if block is None else table.shape[1]
     folder = str(tmp_path / f"int{bits}emb")
-    assert cli(["export", "--checkpoint", ckpt, "--out", folder, "--format", "onnx", f"--int{bits}-embeddings"]) == 0
+    extra = [] if block is None else ["--embedding-block", str(size)]
+    assert cli(["export", "--checkpoint", ckpt, "--out", folder, "--format", "onnx", f"--int{bits}-embeddings",
+                *extra]) == 0
     path = os.path.join(folder, "onnx", "model.onnx")
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
     assert "embed_tokens.embedding" not in inits
-    model, _ = load_model_dir(ckpt)
-    table = np.asarray(model.embed_tokens.embedding[...], np.float32)
-    scale = inits["embed_tokens.row_scale"].reshape(-1, 1)
-    assert scale.shape == (table.shape[0], 1)
+    scale = inits["embed_tokens.block_scale"]
+    assert scale.dtype == np.float16 and scale.shape == (table.shape[0], table.shape[1] // size, 1)
     if bits == 8:
         codes = inits["embed_tokens.int8"]
         assert codes.dtype == np.int8
@@ -324,15 +335,15 @@ def test_low_bit_embeddings_option(exports, tmp_path, bits):
         assert packed.dtype == np.uint8 and packed.shape == (table.shape[0], table.shape[1] // 2)
         codes = np.stack([packed & 15, packed >> 4], axis=-1).reshape(table.shape).astype(np.int8) - 8
         assert np.abs(codes).max() <= 7
-    dequantized = codes * scale
-    assert (np.abs(dequantized - table) <= scale / 2 * (1 + 1e-5)).all()
+    step = np.repeat(scale[:, :, 0].astype(np.float32), size, axis=1)
+    dequantized = codes * step
+    assert (np.abs(dequantized - table) <= step / 2 * (1 + 1e-5)).all()
     with open(os.path.join(folder, "bitembed_config.json")) as f:
-        assert json.load(f)["export"]["embeddings"] == f"int{bits}"
+        export_meta = json.load(f)["export"]
+    assert export_meta["embeddings"] == f"int{bits}" and export_meta["embedding_block"] == size
     # the graph's embedding rows are exactly the dequantized table's rows
     proto = onnx.load(path)
-    rows = next(n for n in proto.graph.node if n.op_type == "Mul" and any(
-        m.output[0] in n.input and m.op_type == "Gather" and m.input[0] == "embed_tokens.row_scale"
-        for m in proto.graph.node)).output[0]
+    rows = next(n for n in proto.graph.node if n.name.startswith("embedding_rows")).output[0]
     proto.graph.output.append(onnx.helper.make_tensor_value_info(rows, onnx.TensorProto.FLOAT, None))
     ids = np.random.default_rng(1).integers(3, 512, size=(3, 24)).astype(np.int64)
     mask = np.ones_like(ids)

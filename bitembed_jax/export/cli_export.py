@@ -8,6 +8,9 @@ def check_flags(args):
     if args.linear_class is not None and args.format != "bitnet-2bit":
         raise ValueError(f"--linear-class {args.linear_class}: applies to --format bitnet-2bit only (not "
                          f"{args.format}); drop it")
+    if args.embedding_block is not None and not (args.int8_embeddings or args.int4_embeddings):
+        raise ValueError(f"--embedding-block {args.embedding_block}: applies with --int8-embeddings or "
+                         "--int4-embeddings (--format onnx) only")
     if args.private and not args.push_to_hub:
         raise ValueError("--private: applies with --push-to-hub ORG/NAME only (it makes the uploaded repo private)")
 
@@ -17,7 +20,8 @@ def run_export(args) -> None:
 
     check_flags(args)
     out = export(args.checkpoint, args.out, fmt=args.format, overwrite=args.overwrite,
-                 int8_embeddings=args.int8_embeddings, int4_embeddings=args.int4_embeddings, dtype=args.dtype,
+                 int8_embeddings=args.int8_embeddings, int4_embeddings=args.int4_embeddings,
+                 embedding_block=args.embedding_block, dtype=args.dtype,
                  linear_class=args.linear_class or LINEAR_CLASSES[0],
                  max_length=args.max_length, push_to_hub=args.push_to_hub, private=args.private)
     print(f"wrote {args.format} export to {out}")
@@ -42,9 +46,14 @@ def add_export_parser(subparsers):
     x.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="token embeddings and norms (float32: exact; bfloat16: half the size)")
     x.add_argument("--int8-embeddings", action="store_true",
-                   help="base3 and onnx: int8 token embeddings with a float32 scale per row (4x smaller)")
+                   help="base3 and onnx: int8 token embeddings (base3: a float32 scale per row; onnx: a float16 "
+                        "scale per --embedding-block values; ~4x smaller)")
     x.add_argument("--int4-embeddings", action="store_true",
-                   help="onnx: int4 token embeddings with a float32 scale per row (8x smaller; measure the vectors)")
+                   help="onnx: int4 token embeddings with a float16 scale per block (~7x smaller; measure the "
+                        "vectors)")
+    x.add_argument("--embedding-block", type=int, default=None, metavar="N",
+                   help="onnx: values per scale of --int8/--int4-embeddings (default 32, GGUF's Q8_0 block; the "
+                        "hidden size for one scale per row)")
     x.add_argument("--linear-class", default=None, choices=LINEAR_CLASSES,
                    help=f"bitnet-2bit only: transformers' layer class (default {LINEAR_CLASSES[0]}: keeps weights "
                         f"packed in memory)")

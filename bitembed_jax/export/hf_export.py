@@ -151,7 +151,7 @@ def base3_tensors(model, *, dtype: str = "float32", int8_embeddings: bool = Fals
 
 def export(checkpoint_dir: str, out_dir: str, *, fmt: str = "bitnet-2bit", overwrite: bool = False,
            int8_embeddings: bool = False, dtype: str = "float32", linear_class: str = "bitlinear",
-           int4_embeddings: bool = False,
+           int4_embeddings: bool = False, embedding_block: int | None = None,
            max_length: int | None = None, push_to_hub: str | None = None, private: bool = False, hub_client=None,
            log=print) -> str:
     """Write the bitnet model folder ``checkpoint_dir`` (or a training workdir's ``model/``) as ``fmt``.
@@ -164,8 +164,10 @@ def export(checkpoint_dir: str, out_dir: str, *, fmt: str = "bitnet-2bit", overw
       down_proj norms: use base3, or a per_linear model), 4-bit activations, per-row scales, int8
       embeddings, out_features not divisible by 4. fp models are refused for both formats.
     dtype: "float32" (exact) or "bfloat16", for token embeddings and norms.
-    int8_embeddings: base3 and onnx; int8 token embeddings with a float32 scale per row.
-    int4_embeddings: onnx only; int4 token embeddings with a float32 scale per row.
+    int8_embeddings: base3 (a float32 scale per row) and onnx (a float16 scale per block).
+    int4_embeddings: onnx only; int4 token embeddings with a float16 scale per block.
+    embedding_block: onnx only; values per scale of int8 / int4 token embeddings (default 32; the hidden size
+      for one scale per row).
     linear_class: "bitlinear" (weight_scale = 1/gamma, weights stay packed in PyTorch memory) or
       "autobitlinear" (weight_scale = gamma, unpacked at load).
     max_length: sentence-transformers' max_seq_length (default: the folder's ``max_length`` or DEFAULT_MAX_LENGTH).
@@ -192,11 +194,15 @@ def export(checkpoint_dir: str, out_dir: str, *, fmt: str = "bitnet-2bit", overw
     cfg, meta = read_config(checkpoint_dir)
     if fmt == "onnx":  # fp or bitnet, any layout: the graph computes the model as it is
         from bitembed_jax.export.onnx_export import write_onnx_export
+        from bitembed_jax.export.onnx_export import EMBEDDING_BLOCK
         write_onnx_export(checkpoint_dir, out_dir, cfg, meta, max_length=max_length, dtype=dtype,
-                          int8_embeddings=int8_embeddings, int4_embeddings=int4_embeddings)
+                          int8_embeddings=int8_embeddings, int4_embeddings=int4_embeddings,
+                          embedding_block=embedding_block or EMBEDDING_BLOCK)
         return _push(out_dir, push_to_hub, private, hub_client, log)
     if int4_embeddings:
         raise ValueError(f"--int4-embeddings is an option of --format onnx, not {fmt}")
+    if embedding_block is not None:
+        raise ValueError(f"--embedding-block is an option of --format onnx, not {fmt}")
     why = refusal(cfg, fmt, int8_embeddings=int8_embeddings)
     if why:
         raise ValueError(f"cannot export {checkpoint_dir} as {fmt}: {why}")

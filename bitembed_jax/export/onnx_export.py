@@ -8,8 +8,8 @@ pooling, see ``st_files``), the sentence-transformers module files with the prom
 config + an ``export`` section; ``onnx_runtime.OnnxEncoder`` reads it) and a README. ``tokenizer_config.json``'s
 model_max_length is the export's max_length (FastEmbed truncates there). Bitnet models keep their ternary weights
 as 2-bit codes; fp models (the teacher) as float32. ``int8_embeddings`` stores the token embeddings as int8
-rows with a float32 scale per row (4x smaller; each value within half a step of the float one),
-``int4_embeddings`` as int4 rows (8x smaller).
+codes with a float16 scale per block of ``embedding_block`` values of a row (32: GGUF's Q8_0, 3.8x smaller;
+each value within half a step of the float one), ``int4_embeddings`` as int4 codes (7x smaller).
 """
 import json
 import os
@@ -30,12 +30,17 @@ ONNX_FILE = "model.onnx"
 EXTERNAL_DATA = "model.onnx_data"
 # protobuf refuses messages over 2 GiB; larger models keep their weights in one external file
 SINGLE_FILE_LIMIT = 1_800_000_000
+EMBEDDING_BLOCK = 32  # values per scale of int8 / int4 token embeddings: GGUF's Q8_0 / Q4_0 block
 
 
-def refusal(cfg, *, dtype: str, int8_embeddings: bool, int4_embeddings: bool = False) -> str | None:
+def refusal(cfg, *, dtype: str, int8_embeddings: bool, int4_embeddings: bool = False,
+            embedding_block: int = EMBEDDING_BLOCK) -> str | None:
     """Why ``cfg`` or the options cannot be exported as ONNX (None if they can)."""
     if int8_embeddings and int4_embeddings:
         return "--int8-embeddings and --int4-embeddings exclude each other"
+    if (int8_embeddings or int4_embeddings) and (embedding_block < 1 or cfg.hidden_size % embedding_block):
+        return (f"--embedding-block {embedding_block} does not divide the hidden size {cfg.hidden_size} "
+                f"(give {cfg.hidden_size} for one scale per row)")
     if int4_embeddings and cfg.hidden_size % 2:
         return f"--int4-embeddings packs two values per byte: hidden size {cfg.hidden_size} is odd"
     if dtype != "float32":
@@ -125,22 +130,25 @@ Query prompt: {f"`{prompt!r}`" if prompt else "none"}; documents get none.
 """ + _usage(cfg, prompt)
 
 
-def _write(tmp: str, model, cfg, meta: dict, checkpoint_dir: str, max_length: int, embeddings: str) -> None:
+def _write(tmp: str, model, cfg, meta: dict, checkpoint_dir: str, max_length: int, embeddings: str,
+           block: int) -> None:
     if cfg.mode == "bitnet":
         weights = (f"ternary codes (2 bits per weight, int8 once loaded) x per-token {cfg.act_bits}-bit activation "
                    "codes (MatMulIntegerToFloat)")
     else:
         weights = "float32 (MatMul)"
     if embeddings != "float32":
-        weights += f"; token embeddings {embeddings} with a float32 scale per row"
+        weights += f"; token embeddings {embeddings} with a float16 scale per {block} values"
     os.makedirs(os.path.join(tmp, ONNX_DIR))
-    save_onnx(build_onnx(model, cfg, doc=f"bitembed-jax {cfg.arch} encoder, {cfg.mode}", embeddings=embeddings),
-              os.path.join(tmp, ONNX_DIR))
+    save_onnx(build_onnx(model, cfg, doc=f"bitembed-jax {cfg.arch} encoder, {cfg.mode}", embeddings=embeddings,
+                         embedding_block=block), os.path.join(tmp, ONNX_DIR))
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(to_hf_config(cfg, None), f, indent=2)
     export_meta = {k: v for k, v in meta.items() if k != "source"}  # local paths stay local
     export_meta["export"] = {"format": "onnx", "version": FORMAT_VERSION, "opset": OPSET, "file": ONNX_DIR + "/"
                              + ONNX_FILE, "weights": weights, "embeddings": embeddings}
+    if embeddings != "float32":
+        export_meta["export"]["embedding_block"] = block
     export_meta["max_length"] = max_length
     with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
         json.dump(export_meta, f, indent=2, sort_keys=True)
@@ -153,15 +161,17 @@ def _write(tmp: str, model, cfg, meta: dict, checkpoint_dir: str, max_length: in
 
 
 def write_onnx_export(checkpoint_dir: str, out_dir: str, cfg, meta: dict, *, max_length: int | None = None,
-                      dtype: str = "float32", int8_embeddings: bool = False, int4_embeddings: bool = False) -> str:
+                      dtype: str = "float32", int8_embeddings: bool = False, int4_embeddings: bool = False,
+                      embedding_block: int = EMBEDDING_BLOCK) -> str:
     """Write the model folder ``checkpoint_dir`` (config ``cfg``, metadata ``meta``) as an ONNX export at
     ``out_dir`` (whose overlap and overwrite checks the caller made). Returns ``out_dir``."""
-    why = refusal(cfg, dtype=dtype, int8_embeddings=int8_embeddings, int4_embeddings=int4_embeddings)
+    why = refusal(cfg, dtype=dtype, int8_embeddings=int8_embeddings, int4_embeddings=int4_embeddings,
+                  embedding_block=embedding_block)
     if why:
         raise ValueError(f"cannot export {checkpoint_dir} as onnx: {why}")
     max_length = int(max_length or meta.get("max_length") or DEFAULT_MAX_LENGTH)
     model, cfg = load_model_dir(checkpoint_dir, dtype="float32")
     with paths.atomic_dir(out_dir) as tmp:  # the umask's modes, renamed into place once whole
         embeddings = "int8" if int8_embeddings else "int4" if int4_embeddings else "float32"
-        _write(tmp, model, cfg, meta, checkpoint_dir, max_length, embeddings)
+        _write(tmp, model, cfg, meta, checkpoint_dir, max_length, embeddings, embedding_block)
     return out_dir

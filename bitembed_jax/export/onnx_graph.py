@@ -6,7 +6,7 @@ Ternary linears store their codes at 2 bits per weight (unpacked to int8 by ONNX
 session load) with their float32 scale, and run as per-token absmax uint8 codes x int8 codes through
 ``MatMulIntegerToFloat`` (ONNX Runtime's fast integer kernel on CPU, a contrib operator); fp models keep
 float32 kernels and plain ``MatMul``. Everything else is float32, as the JAX model computes it with dtype
-float32, except the token embeddings when exported as int8 or int4 rows (with float32 row scales).
+float32, except the token embeddings when exported as int8 or int4 codes (with float16 block scales).
 """
 import jax.numpy as jnp
 import numpy as np
@@ -20,12 +20,12 @@ from bitembed_jax.io.state_paths import flat_params
 from bitembed_jax.layers.bitlinear import linears
 from bitembed_jax.models.attention import rope_inv_freq
 from bitembed_jax.quant.activation import EPS as ACT_EPS
-from bitembed_jax.quant.packing import int4_rows, int8_rows
+from bitembed_jax.quant.packing import int4_blocks, int8_blocks
 from bitembed_jax.quant.ternary import ternary_int
 
-# Gelu with approximate="tanh" needs opset 20; IR 10 is what onnxruntime >= 1.16 reads
-OPSET = 21
-IR_VERSION = 10
+# INT2 initializers (the ternary codes) need opset 25 and IR 11 (onnxruntime 1.32 reads them; tested)
+OPSET = 25
+IR_VERSION = 11
 INPUTS = ("input_ids", "attention_mask")
 OUTPUTS = ("last_hidden_state", "sentence_embedding")
 
@@ -75,9 +75,9 @@ class _Builder:
     along which DequantizeLinear rescales the integer products. Attention and the outputs reshape to
     (B, T, ...) with the batch shape of the input ids."""
 
-    def __init__(self, g: Graph, cfg, params: Params, embeddings: str = "float32"):
+    def __init__(self, g: Graph, cfg, params: Params, embeddings: str = "float32", embedding_block: int = 32):
         self.g, self.cfg, self.p = g, cfg, params
-        self.embeddings = embeddings
+        self.embeddings, self.embedding_block = embeddings, embedding_block
         self.offset = cfg.arch == "gemma3"  # Gemma's norms are x * (1 + w)
         self.batch_shape = None  # Shape(input_ids): (B, T)
         self._shapes = {}
@@ -183,21 +183,26 @@ class _Builder:
 
     def embed(self, ids: str) -> str:
         """The token embeddings of ``ids`` (B, T, ...; the caller reshapes them to tokens): float32 rows, or
-        int8 / int4 rows times their float32 row scale, gathered and then dequantized
-        (``quant.packing.int8_rows`` / ``int4_rows``: two int4 codes per byte, split after the Gather)."""
+        int8 / int4 codes times their float16 scale per block of ``embedding_block`` values, gathered and then
+        dequantized (``quant.packing.int8_blocks`` / ``int4_blocks``: two int4 codes per byte, split after
+        the Gather)."""
         g, table = self.g, self.p["embed_tokens.embedding"]
         if self.embeddings == "float32":
             return g.op("Gather", g.tensor(table, "embed_tokens.embedding"), ids)
+        block = self.embedding_block
         if self.embeddings == "int8":
-            codes, scale = int8_rows(table)
-            rows = g.op("Cast", g.op("Gather", g.tensor(codes, "embed_tokens.int8"), ids), to=TensorProto.FLOAT)
-            return g.op("Mul", rows, g.op("Gather", g.tensor(scale[:, None], "embed_tokens.row_scale"), ids))
-        packed, scale = int4_rows(table)
-        pairs = g.op("BitShift", g.op("Unsqueeze", g.op("Gather", g.tensor(packed, "embed_tokens.int4"), ids),
-                                      g.axes(-1)), g.const([0, 4], np.uint8), direction="RIGHT")
-        digits = g.op("Cast", g.op("BitwiseAnd", pairs, g.const(15, np.uint8)), to=TensorProto.FLOAT)
-        rows = g.op("Sub", digits, g.const(8.0))  # (B, T, H / 2, 2): element 2j, 2j + 1
-        return g.op("Mul", rows, g.op("Gather", g.tensor(scale[:, None, None], "embed_tokens.row_scale"), ids))
+            codes, scale = int8_blocks(table, block, np.float16)
+            digits = g.op("Cast", g.op("Gather", g.tensor(codes, "embed_tokens.int8"), ids), to=TensorProto.FLOAT)
+        else:
+            packed, scale = int4_blocks(table, block, np.float16)
+            pairs = g.op("BitShift", g.op("Unsqueeze", g.op("Gather", g.tensor(packed, "embed_tokens.int4"), ids),
+                                          g.axes(-1)), g.const([0, 4], np.uint8), direction="RIGHT")
+            nibbles = g.op("Cast", g.op("BitwiseAnd", pairs, g.const(15, np.uint8)), to=TensorProto.FLOAT)
+            digits = g.op("Sub", nibbles, g.const(8.0))  # (B, T, H / 2, 2): element 2j, 2j + 1
+        blocks = g.op("Reshape", digits, g.const([0, 0, -1, block], np.int64))  # (B, T, H / block, block)
+        scales = g.op("Cast", g.op("Gather", g.tensor(scale[:, :, None], "embed_tokens.block_scale"), ids),
+                      to=TensorProto.FLOAT)
+        return g.op("Mul", blocks, scales, hint="embedding_rows")
 
     def encoder(self, ids: str, attention_mask: str) -> tuple[str, str]:
         g, cfg = self.g, self.cfg
@@ -214,12 +219,13 @@ class _Builder:
         return hidden, self.pool(hidden, attention_mask)
 
 
-def build_onnx(model, cfg, *, doc: str = "", embeddings: str = "float32") -> onnx.ModelProto:
+def build_onnx(model, cfg, *, doc: str = "", embeddings: str = "float32",
+               embedding_block: int = 32) -> onnx.ModelProto:
     """The ONNX model of ``model`` (a bitembed-jax encoder with config ``cfg``), unchecked; ``embeddings``:
-    "float32" (exact), or "int8" / "int4": token embeddings as codes with a float32 scale per row (an
-    approximation, see ``embed``)."""
+    "float32" (exact), or "int8" / "int4": token embeddings as codes with a float16 scale per block of
+    ``embedding_block`` values of a row (an approximation, see ``embed``)."""
     g = Graph()
-    hidden, pooled = _Builder(g, cfg, Params(model), embeddings).encoder(*INPUTS)
+    hidden, pooled = _Builder(g, cfg, Params(model), embeddings, embedding_block).encoder(*INPUTS)
     for src, name in zip((hidden, pooled), OUTPUTS):
         g.nodes.append(helper.make_node("Identity", [src], [name], name=name))
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch_size", "sequence_length"]) for n in INPUTS]

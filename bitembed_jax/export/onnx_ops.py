@@ -9,7 +9,7 @@ Activations are float32 throughout.
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from bitembed_jax.quant.packing import pack_bitnet_2bit
+from bitembed_jax.quant.packing import pack_int2
 
 F32 = TensorProto.FLOAT
 MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib operators
@@ -77,21 +77,17 @@ def rms(g: Graph, x: str, eps: float, dim: int) -> str:
 
 
 def ternary_weight(g: Graph, codes: np.ndarray, name: str) -> str:
-    """The int8 ternary codes (in, out) as a graph value, stored 2 bits per weight: ``quant.packing``'s
-    bitnet-2bit layout along the input axis (packed row r holds rows r, r + R, r + 2R, r + 3R as q + 1 in
-    bits 0-1, 2-3, 4-5, 6-7), unpacked by BitShift / BitwiseAnd / Cast / Sub / Reshape. Every input of that
-    chain is an initializer, so ONNX Runtime's constant folding turns it back into the int8 tensor once, at
-    session load (every optimization level but ORT_DISABLE_ALL), and the integer matmul pre-packs that."""
+    """The int8 ternary codes (in, out) as a graph value: an ONNX INT2 initializer (``quant.packing.pack_int2``:
+    2 bits per weight in the file) and one Cast to int8. Its input is an initializer, so ONNX Runtime's
+    constant folding casts it once, at session load (every optimization level but ORT_DISABLE_ALL), and the
+    integer matmul pre-packs the result. One node, not a BitShift / BitwiseAnd / Cast / Sub / Reshape chain:
+    the folding pass keeps every intermediate until it ends, which raised the load's peak memory by ~430 MB on
+    Gemma3-270M."""
     codes = np.asarray(codes, np.int8)
-    packed = g.tensor(pack_bitnet_2bit(codes), name + ".codes_2bit")
-    rows = -(-codes.shape[0] // 4)
-    shifted = g.op("BitShift", g.op("Unsqueeze", packed, g.axes(0)),
-                   g.const(np.array([0, 2, 4, 6], np.uint8).reshape(4, 1, 1), np.uint8), direction="RIGHT")
-    digits = g.op("Cast", g.op("BitwiseAnd", shifted, g.const(3, np.uint8)), to=TensorProto.INT8)
-    q = g.op("Reshape", g.op("Sub", digits, g.const(1, np.int8)), g.const([4 * rows, codes.shape[1]], np.int64))
-    if 4 * rows != codes.shape[0]:
-        q = g.op("Slice", q, g.const([0], np.int64), g.const([codes.shape[0]], np.int64), g.axes(0))
-    return q
+    packed = helper.make_tensor(name + ".codes_int2", TensorProto.INT2, codes.shape, pack_int2(codes).tobytes(),
+                                raw=True)
+    g.initializers.append(packed)
+    return g.op("Cast", packed.name, to=TensorProto.INT8)
 
 
 def ternary_matmul(g: Graph, x: str, lin: dict, bits: int, eps: float, norm_eps: float, name: str) -> str:

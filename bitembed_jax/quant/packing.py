@@ -5,8 +5,10 @@
   along dim 0. With R = ceil(out / 4), packed row r holds original rows r, r+R,
   r+2R, r+3R in bits 0-1, 2-3, 4-5, 6-7; missing rows (out % 4 != 0) leave their
   bits zero, as transformers' loop does.
-- ``int8_rows`` / ``int4_rows``: per-row absmax int8 / int4 codes of a float table (not ternary: the token
-  embeddings).
+- ``int8_blocks`` / ``int4_blocks`` (``int8_rows`` / ``int4_rows``: one block per row): absmax int8 / int4
+  codes per block of a float table's rows (not ternary: the token embeddings).
+- ``pack_int2``: ONNX's INT2 tensor layout (2-bit two's complement, 4 per byte, row-major, first value in
+  the low bits): what the ONNX export stores.
 - ``pack_base3``: 5 trits per byte, byte = sum_i (t_i + 1) * 3**i over the
   row-major flattened tensor (1.6 bits per weight); the tail is padded with
   digit 0.
@@ -50,6 +52,29 @@ def unpack_bitnet_2bit(packed: np.ndarray, out_features: int) -> np.ndarray:
     return u.astype(np.int8) - 1
 
 
+def pack_int2(q) -> np.ndarray:
+    """Ternary tensor -> ONNX's INT2 layout: uint8 (ceil(size / 4),), the row-major values as 2-bit two's
+    complement (-1 -> 0b11), four per byte, the first in bits 0-1; the tail is padded with 0."""
+    u = ((_ternary_digits(q).ravel().astype(np.int16) - 1) & 3).astype(np.uint8)
+    padded = np.zeros(-(-u.size // 4) * 4, np.uint8)
+    padded[:u.size] = u
+    g = padded.reshape(-1, 4)
+    return g[:, 0] | (g[:, 1] << 2) | (g[:, 2] << 4) | (g[:, 3] << 6)
+
+
+def unpack_int2(packed: np.ndarray, shape) -> np.ndarray:
+    """Inverse of ``pack_int2``: int8 array of ``shape`` in {-1, 0, 1}."""
+    packed = np.asarray(packed, np.uint8).ravel()
+    shape = tuple(shape)
+    n = int(np.prod(shape, dtype=np.int64))
+    if packed.size != -(-n // 4):
+        raise ValueError(f"{packed.size} bytes do not hold {n} 2-bit values")
+    fields = np.stack([(packed >> (2 * i)) & 3 for i in range(4)], axis=1).ravel()[:n]
+    if np.any(fields == 2):
+        raise ValueError("invalid ternary INT2 value -2 in packed weights")
+    return np.where(fields == 3, -1, fields).astype(np.int8).reshape(shape)
+
+
 def pack_base3(q) -> np.ndarray:
     """Ternary tensor -> uint8 (ceil(size / 5),), five trits per byte (row-major)."""
     u = _ternary_digits(q).ravel()
@@ -72,22 +97,52 @@ def unpack_base3(packed: np.ndarray, shape) -> np.ndarray:
     return (digits.ravel()[:n].astype(np.int8) - 1).reshape(shape)
 
 
-def int8_rows(e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row absmax int8 of a float table (token embeddings): (codes int8 (V, H), row_scale float32 (V,));
-    value = code * row_scale, within row_scale / 2 of the float value."""
+def _block_scale(e: np.ndarray, block: int, qmax: int, dtype) -> np.ndarray:
+    """absmax / qmax per block of ``block`` consecutive values of each row: (V, H / block) of ``dtype``,
+    float16 rounded up (so no code passes qmax and every value stays within half a step)."""
+    if block < 1 or e.shape[1] % block:
+        raise ValueError(f"the row length {e.shape[1]} is not a multiple of the block size {block}")
+    amax = np.abs(e.reshape(e.shape[0], -1, block)).max(axis=2)
+    scale = (np.maximum(amax, np.float32(1e-12)) / np.float32(qmax)).astype(np.float32)
+    if np.dtype(dtype) == np.float16:
+        low = scale.astype(np.float16)
+        return np.where(low.astype(np.float32) < scale, np.nextafter(low, np.float16(np.inf)), low)
+    return scale.astype(dtype)
+
+
+def _codes(e: np.ndarray, scale: np.ndarray, qmax: int) -> np.ndarray:
+    block = e.shape[1] // scale.shape[1]
+    q = np.round(e.reshape(e.shape[0], -1, block) / scale.astype(np.float32)[:, :, None])
+    return np.clip(q, -qmax, qmax).reshape(e.shape).astype(np.int8)
+
+
+def int8_blocks(e: np.ndarray, block: int, scale_dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Absmax int8 per block of ``block`` values of each row of a float table (token embeddings), as GGUF's
+    Q8_0 does (block 32, float16 scales: a Q8_0 table comes back exactly): (codes int8 (V, H), scale
+    (V, H / block) of ``scale_dtype``); value = code * its block's scale, within scale / 2 of the float value."""
     e = np.asarray(e, np.float32)
-    scale = (np.maximum(np.abs(e).max(axis=1), np.float32(1e-12)) / np.float32(127)).astype(np.float32)
-    codes = np.clip(np.round(e / scale[:, None]), -127, 127).astype(np.int8)
-    return codes, scale
+    scale = _block_scale(e, block, 127, scale_dtype)
+    return _codes(e, scale, 127), scale
 
 
-def int4_rows(e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row absmax int4 of a float table (V, H), H even: (uint8 (V, H / 2), row_scale float32 (V,)); byte j of
-    a row holds code + 8 of element 2j in bits 0-3 and of element 2j + 1 in bits 4-7, codes in [-7, 7];
-    value = code * row_scale, within row_scale / 2 of the float value."""
+def int4_blocks(e: np.ndarray, block: int, scale_dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """The same with int4 codes in [-7, 7], two per byte: (uint8 (V, H / 2), scale (V, H / block));
+    byte j of a row holds code + 8 of element 2j in bits 0-3 and of element 2j + 1 in bits 4-7."""
     e = np.asarray(e, np.float32)
     if e.shape[1] % 2:
         raise ValueError(f"int4 rows pack two values per byte: the row length {e.shape[1]} is odd")
-    scale = (np.maximum(np.abs(e).max(axis=1), np.float32(1e-12)) / np.float32(7)).astype(np.float32)
-    digits = (np.clip(np.round(e / scale[:, None]), -7, 7) + 8).astype(np.uint8)
+    scale = _block_scale(e, block, 7, scale_dtype)
+    digits = (_codes(e, scale, 7).astype(np.int16) + 8).astype(np.uint8)
     return digits[:, 0::2] | (digits[:, 1::2] << 4), scale
+
+
+def int8_rows(e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``int8_blocks`` with one block per row: (codes int8 (V, H), row_scale float32 (V,))."""
+    codes, scale = int8_blocks(e, np.shape(e)[1])
+    return codes, scale[:, 0]
+
+
+def int4_rows(e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``int4_blocks`` with one block per row: (uint8 (V, H / 2), row_scale float32 (V,))."""
+    packed, scale = int4_blocks(e, np.shape(e)[1])
+    return packed, scale[:, 0]
