@@ -1,10 +1,10 @@
 """Run a build's per-chunk jobs: in this process (``LocalRunner``), or as an Apache Beam pipeline
 (``BeamRunner``: the DirectRunner on N local processes, or Dataflow, Flink, Spark with their options).
 
-Both run two passes over the same tasks (each with an ``index``), ``first`` on each, then ``plan`` once on all of ``first``'s results
-(a {index: task} of ``second``'s tasks), then ``second`` on the planned ones; they return both passes'
-results (dicts with an ``"index"``) sorted by index, so the caller never depends on the order in which workers
-finished. On Beam both passes are one pipeline: its workers start once.
+Both run two passes over the same tasks (each with an ``index``): ``first`` on each, then ``plan`` once on all
+of ``first``'s results (a {index: task} of ``second``'s tasks), then ``second`` on the planned ones. They return
+both passes' results (dicts with an ``"index"``) sorted by index, so the caller never depends on the order in
+which workers finished. On Beam both passes are one pipeline: its workers start once.
 """
 import json
 import logging
@@ -100,9 +100,9 @@ class BeamRunner:
         return PipelineOptions([f"--{k}={v}" for k, v in opts.items()])
 
     def beam_runner(self):
-        """The runner object: for DirectRunner, Beam's FnApiRunner itself. DirectRunner would first try the Prism
-        runner, which downloads a binary from GitHub at run time (offline it fails and leaves an empty
-        /tmp/beam-temp* folder per pipeline; online it ignores direct_num_workers), then fall back to this."""
+        """The runner object: for DirectRunner, Beam's FnApiRunner itself (what DirectRunner runs a batch
+        pipeline on). DirectRunner would first try the Prism runner, which downloads a binary from GitHub at run
+        time; offline that fails and left an empty /tmp/beam-temp* folder per pipeline."""
         if self.runner != "DirectRunner":
             return self.runner
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner

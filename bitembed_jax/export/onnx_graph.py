@@ -235,8 +235,8 @@ def build_onnx(model, cfg, *, doc: str = "", embeddings: str = "float32",
         helper.make_tensor_value_info(OUTPUTS[1], TensorProto.FLOAT, ["batch_size", cfg.hidden_size]),
     ]
     graph = helper.make_graph(g.nodes, "bitembed_encoder", inputs, outputs, g.initializers, doc_string=doc)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
-                                                                helper.make_opsetid(MS_DOMAIN, 1)], producer_name="bitembed-jax")
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
+                              producer_name="bitembed-jax")
     proto.ir_version = IR_VERSION
     helper.set_model_props(proto, {"mode": cfg.mode, "act_bits": str(cfg.act_bits), "norm": cfg.norm,
                                    "pooling": cfg.pooling, "arch": cfg.arch})
