@@ -231,6 +231,8 @@ def test_bad_input_gets_one_line_errors(exports, tmp_path, capsys):
     assert "--dtype" in error(["export", "--checkpoint", ckpt, "--out", str(tmp_path / "b"), "--format",
                                "onnx", "--dtype", "bfloat16"])
     assert not os.path.exists(tmp_path / "b")
+    assert "--embedding-block 0" in error(["export", "--checkpoint", ckpt, "--out", str(tmp_path / "b"), "--format",
+                                           "onnx", "--int8-embeddings", "--embedding-block", "0"])
     assert "--overwrite" in error(["export", "--checkpoint", ckpt, "--out", folder, "--format", "onnx"])
     # an ONNX folder is no JAX model folder, and a model folder no ONNX export: both say what they are
     with pytest.raises(ValueError, match=r"is an ONNX export folder .*OnnxEncoder\.from_pretrained\(path\) or "

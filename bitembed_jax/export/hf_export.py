@@ -193,11 +193,10 @@ def export(checkpoint_dir: str, out_dir: str, *, fmt: str = "bitnet-2bit", overw
     check_writable(out_dir, overwrite)
     cfg, meta = read_config(checkpoint_dir)
     if fmt == "onnx":  # fp or bitnet, any layout: the graph computes the model as it is
-        from bitembed_jax.export.onnx_export import write_onnx_export
-        from bitembed_jax.export.onnx_export import EMBEDDING_BLOCK
+        from bitembed_jax.export.onnx_export import EMBEDDING_BLOCK, write_onnx_export
         write_onnx_export(checkpoint_dir, out_dir, cfg, meta, max_length=max_length, dtype=dtype,
                           int8_embeddings=int8_embeddings, int4_embeddings=int4_embeddings,
-                          embedding_block=embedding_block or EMBEDDING_BLOCK)
+                          embedding_block=EMBEDDING_BLOCK if embedding_block is None else embedding_block)
         return _push(out_dir, push_to_hub, private, hub_client, log)
     if int4_embeddings:
         raise ValueError(f"--int4-embeddings is an option of --format onnx, not {fmt}")
