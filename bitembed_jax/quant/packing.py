@@ -52,45 +52,47 @@ def unpack_bitnet_2bit(packed: np.ndarray, out_features: int) -> np.ndarray:
     return u.astype(np.int8) - 1
 
 
+def _groups(u: np.ndarray, k: int) -> np.ndarray:
+    """The flat values ``u`` as rows of ``k`` (ceil(size / k), k), the tail padded with 0."""
+    padded = np.zeros(-(-u.size // k) * k, np.uint8)
+    padded[:u.size] = u
+    return padded.reshape(-1, k)
+
+
+def _packed_count(packed: np.ndarray, shape, per_byte: int, what: str) -> tuple[np.ndarray, int]:
+    """(flat uint8 bytes, number of values of ``shape``), after checking the bytes hold exactly that many."""
+    packed = np.asarray(packed, np.uint8).ravel()
+    n = int(np.prod(tuple(shape), dtype=np.int64))
+    if packed.size != -(-n // per_byte):
+        raise ValueError(f"{packed.size} bytes do not hold {n} {what}")
+    return packed, n
+
+
 def pack_int2(q) -> np.ndarray:
     """Ternary tensor -> ONNX's INT2 layout: uint8 (ceil(size / 4),), the row-major values as 2-bit two's
     complement (-1 -> 0b11), four per byte, the first in bits 0-1; the tail is padded with 0."""
-    u = ((_ternary_digits(q).ravel().astype(np.int16) - 1) & 3).astype(np.uint8)
-    padded = np.zeros(-(-u.size // 4) * 4, np.uint8)
-    padded[:u.size] = u
-    g = padded.reshape(-1, 4)
+    g = _groups(((_ternary_digits(q).ravel().astype(np.int16) - 1) & 3).astype(np.uint8), 4)
     return g[:, 0] | (g[:, 1] << 2) | (g[:, 2] << 4) | (g[:, 3] << 6)
 
 
 def unpack_int2(packed: np.ndarray, shape) -> np.ndarray:
     """Inverse of ``pack_int2``: int8 array of ``shape`` in {-1, 0, 1}."""
-    packed = np.asarray(packed, np.uint8).ravel()
-    shape = tuple(shape)
-    n = int(np.prod(shape, dtype=np.int64))
-    if packed.size != -(-n // 4):
-        raise ValueError(f"{packed.size} bytes do not hold {n} 2-bit values")
+    packed, n = _packed_count(packed, shape, 4, "2-bit values")
     fields = np.stack([(packed >> (2 * i)) & 3 for i in range(4)], axis=1).ravel()[:n]
     if np.any(fields == 2):
         raise ValueError("invalid ternary INT2 value -2 in packed weights")
-    return np.where(fields == 3, -1, fields).astype(np.int8).reshape(shape)
+    return np.where(fields == 3, -1, fields).astype(np.int8).reshape(tuple(shape))
 
 
 def pack_base3(q) -> np.ndarray:
     """Ternary tensor -> uint8 (ceil(size / 5),), five trits per byte (row-major)."""
-    u = _ternary_digits(q).ravel()
-    padded = np.zeros(-(-u.size // 5) * 5, np.uint8)
-    padded[:u.size] = u
     # max byte is 2 * 121 = 242, so the uint8 sum cannot overflow
-    return (padded.reshape(-1, 5) * _POW3).sum(axis=1, dtype=np.uint8)
+    return (_groups(_ternary_digits(q).ravel(), 5) * _POW3).sum(axis=1, dtype=np.uint8)
 
 
 def unpack_base3(packed: np.ndarray, shape) -> np.ndarray:
     """Inverse of ``pack_base3``: int8 array of ``shape`` in {-1, 0, 1}."""
-    packed = np.asarray(packed, np.uint8).ravel()
-    shape = tuple(shape)
-    n = int(np.prod(shape, dtype=np.int64))
-    if packed.size != -(-n // 5):
-        raise ValueError(f"{packed.size} bytes do not hold {n} trits")
+    packed, n = _packed_count(packed, shape, 5, "trits")
     if np.any(packed > 242):
         raise ValueError("invalid base-3 byte (> 242)")
     digits = (packed[:, None] // _POW3) % 3
