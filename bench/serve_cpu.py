@@ -321,7 +321,8 @@ def onnx_worker(args) -> dict:
 
 
 def op_shares(profile_json: str, top: int = 12) -> list:
-    """[(operator, ms per run, share)] of an ONNX Runtime profile, largest first."""
+    """[(operator, ms per run, share)] of an ONNX Runtime profile, largest first; a run is any call of the
+    session (batch and batch-1 alike), so the shares say more than the milliseconds."""
     with open(profile_json) as f:
         events = json.load(f)
     runs = max(1, sum(e.get("name") == "model_run" for e in events))
