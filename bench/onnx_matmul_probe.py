@@ -56,6 +56,8 @@ class TernaryKernel:
 
     def __init__(self, w: np.ndarray, threads: int):
         cc = shutil.which("cc") or shutil.which("gcc")
+        if "avx2: yes" not in cpu_flags():
+            raise SystemExit("bench/onnx_matmul_probe.py: bench/ternary_gemm.c needs AVX2, which this CPU lacks")
         if cc is None:
             raise SystemExit("bench/onnx_matmul_probe.py: no C compiler (cc or gcc) on PATH for bench/ternary_gemm.c")
         k, n = w.shape
@@ -104,6 +106,23 @@ def cpu_flags() -> str:
     return ", ".join(f"{w}: {'yes' if w in flags else 'no'}" for w in wanted)
 
 
+def alternate(fp, mlas, kernel, xf: np.ndarray, x8: np.ndarray, reps: int) -> dict:
+    """{contender: [seconds per call]}, the calls alternating; stops first if the kernel's products differ."""
+    runs = {"fp32 MatMul": lambda: fp.run(None, {"x": xf})[0],
+            "uint8 x int8 MatMulInteger": lambda: mlas.run(None, {"x": x8})[0],
+            "ternary kernel (bench/ternary_gemm.c)": lambda: kernel(x8)}
+    if not np.array_equal(runs["uint8 x int8 MatMulInteger"](), kernel(x8)):
+        raise SystemExit("bench/onnx_matmul_probe.py: the ternary kernel's int32 products differ from MatMulInteger's")
+    times = {name: [] for name in runs}
+    for _ in range(reps):
+        for name, fn in runs.items():
+            time.sleep(PAUSE_S)
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tokens", type=int, default=4096)
@@ -119,23 +138,14 @@ def main():
     xf = rng.standard_normal((args.tokens, k)).astype(np.float32)
     fp, mlas = session("fp32", w, args.threads), session("int8", w, args.threads)
     kernel = TernaryKernel(w, args.threads)
-    runs = {"fp32 MatMul": lambda: fp.run(None, {"x": xf})[0],
-            "uint8 x int8 MatMulInteger": lambda: mlas.run(None, {"x": x8})[0],
-            "ternary kernel (bench/ternary_gemm.c)": lambda: kernel(x8)}
-    if not np.array_equal(runs["uint8 x int8 MatMulInteger"](), kernel(x8)):
-        raise SystemExit("bench/onnx_matmul_probe.py: the ternary kernel's int32 products differ from MatMulInteger's")
-    times = {name: [] for name in runs}
-    for _ in range(args.reps):
-        for name, fn in runs.items():
-            time.sleep(PAUSE_S)
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    kernel.close()
+    try:
+        times = alternate(fp, mlas, kernel, xf, x8, args.reps)
+    finally:
+        kernel.close()
     print(f"CPU flags: {cpu_flags()}; {args.threads} threads; {args.tokens} tokens x {k} -> {n}")
     for name, ts in times.items():
         print(f"{name}: best {1e3 * min(ts):.1f} ms, median {1e3 * float(np.median(ts)):.1f} ms")
-    fp, q, tk = (times[name] for name in runs)
+    fp, q, tk = times.values()
     print(f"integer / float speed-up: best {min(fp) / min(q):.2f}x, median {np.median(fp) / np.median(q):.2f}x")
     print(f"ternary kernel / MatMulInteger speed-up: best {min(q) / min(tk):.2f}x, median "
           f"{np.median(q) / np.median(tk):.2f}x (int32 products equal)")
