@@ -11,6 +11,7 @@
 #include <immintrin.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <string.h>
 
 #define MR 4       /* rows of A per micro-tile */
 #define NR 32      /* columns per packed block */
@@ -43,7 +44,9 @@ static void micro_tile(const uint8_t *a, int64_t lda, const int8_t *bp, int kp, 
       __m256i b0 = _mm256_load_si256((const __m256i *)(bp + (int64_t)p * 2 * NR));
       __m256i b1 = _mm256_load_si256((const __m256i *)(bp + (int64_t)p * 2 * NR + 32));
       for (int r = 0; r < MR; r++) {
-        __m256i x = _mm256_set1_epi16(*(const int16_t *)(a + r * lda + 2 * p));
+        int16_t pair; /* a[2p], a[2p + 1] in the byte order of B's pairs (memcpy: no unaligned access) */
+        memcpy(&pair, a + r * lda + 2 * p, 2);
+        __m256i x = _mm256_set1_epi16(pair);
         sum[r][0] = _mm256_add_epi16(sum[r][0], _mm256_maddubs_epi16(x, b0));
         sum[r][1] = _mm256_add_epi16(sum[r][1], _mm256_maddubs_epi16(x, b1));
       }
