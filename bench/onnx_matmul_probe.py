@@ -66,11 +66,12 @@ class TernaryKernel:
         self.dir = tempfile.mkdtemp(prefix="ternary-gemm-")
         so = os.path.join(self.dir, "ternary_gemm.so")
         subprocess.run([cc, "-O3", "-mavx2", "-shared", "-fPIC", "-pthread", os.path.join(HERE, "ternary_gemm.c"),
-                        "-o", so], check=True)
+                        "-o", so, "-lm"], check=True)
         self.lib = ctypes.CDLL(so)
         self.kp, self.n = (k + 1) // 2, n
         self.packed = self._aligned(n // NR * self.kp * 2 * NR)
-        self.lib.pack_ternary(self._ptr(np.ascontiguousarray(w)), k, n, self._ptr(self.packed))
+        w = np.ascontiguousarray(w, np.int8)
+        self.lib.pack_ternary(self._ptr(w), k, n, self._ptr(self.packed))
         self.colsum = w.astype(np.int32).sum(0).astype(np.int32)
         self.threads = threads
 
@@ -94,6 +95,25 @@ class TernaryKernel:
         self.lib.ternary_gemm_threads(self._ptr(a), rows, self.kp, self._ptr(self.packed), self.n,
                                       self._ptr(self.colsum), self._ptr(c), self.threads)
         return c[:m]
+
+    def linear(self, x: np.ndarray, norm: np.ndarray | None, gamma: np.ndarray, *, norm_eps: float, eps: float,
+               bits: int) -> np.ndarray:
+        """The export's whole ternary linear (``ternary_linear`` in the C file): float32 tokens x (M, K) ->
+        float32 (M, N), per-token quantization included."""
+        m = x.shape[0]
+        rows = -(-m // MR) * MR
+        a = np.zeros((rows, 2 * self.kp), np.uint8)
+        step = np.empty(rows, np.float32)
+        y = np.empty((rows, self.n), np.float32)
+        # held in locals: a pointer to a temporary copy would dangle
+        x, gamma = np.ascontiguousarray(x, np.float32), np.ascontiguousarray(gamma, np.float32).reshape(-1)
+        norm = None if norm is None else np.ascontiguousarray(norm, np.float32)
+        norm_ptr = None if norm is None else self._ptr(norm)
+        self.lib.ternary_linear(self._ptr(x), m, x.shape[1], norm_ptr,
+                                ctypes.c_float(norm_eps), ctypes.c_float(eps), 2 ** (bits - 1) - 1,
+                                self._ptr(self.packed), self.n, self._ptr(self.colsum), self._ptr(gamma),
+                                int(gamma.size > 1), self._ptr(a), self._ptr(step), self._ptr(y), self.threads)
+        return y[:m]
 
     def close(self):
         shutil.rmtree(self.dir, ignore_errors=True)

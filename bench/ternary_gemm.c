@@ -9,6 +9,7 @@
  * B is packed per 32 output columns and pair of rows: 64 bytes (b[2p][n], b[2p+1][n]) for n in the block, so one
  * vpmaddubsw of a broadcast activation pair gives 16 columns' partial sums. */
 #include <immintrin.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
@@ -63,9 +64,11 @@ static void micro_tile(const uint8_t *a, int64_t lda, const int8_t *bp, int kp, 
 }
 
 /* C (M, N) int32 for the column blocks [j0, j1): a thread's share. M a multiple of MR, A's rows 2 * kp bytes
- * (zero-padded), colsum[n] = sum_k B[k][n] (the zero point's correction: (a - 128) b = a b - 128 b). */
-void ternary_gemm(const uint8_t *a, int M, int kp, const int8_t *bp, int N, const int32_t *colsum, int32_t *c,
-                  int j0, int j1) {
+ * (zero-padded), colsum[n] = sum_k B[k][n] (the zero point's correction: (a - 128) b = a b - 128 b).
+ * With y given, writes y = C * (row_scale[m] * col_scale[n]) instead (col_scale[0] for every n when
+ * col_stride is 0), as ONNX Runtime's MatMulIntegerToFloat rescales its int32 products. */
+static void gemm_blocks(const uint8_t *a, int M, int kp, const int8_t *bp, int N, const int32_t *colsum, int32_t *c,
+                        float *y, const float *row_scale, const float *col_scale, int col_stride, int j0, int j1) {
   int32_t acc[MR * NR];
   for (int m0 = 0; m0 < M; m0 += MBLOCK) {
     int m1 = m0 + MBLOCK < M ? m0 + MBLOCK : M;
@@ -74,40 +77,135 @@ void ternary_gemm(const uint8_t *a, int M, int kp, const int8_t *bp, int N, cons
       for (int m = m0; m < m1; m += MR) {
         micro_tile(a + (int64_t)m * 2 * kp, 2 * kp, bj, kp, acc);
         for (int r = 0; r < MR; r++)
-          for (int n = 0; n < NR; n++)
-            c[(int64_t)(m + r) * N + j * NR + n] = acc[r * NR + n] - 128 * colsum[j * NR + n];
+          for (int n = 0; n < NR; n++) {
+            int col = j * NR + n;
+            int32_t v = acc[r * NR + n] - 128 * colsum[col];
+            if (y)
+              y[(int64_t)(m + r) * N + col] = (float)v * (row_scale[m + r] * col_scale[col * col_stride]);
+            else
+              c[(int64_t)(m + r) * N + col] = v;
+          }
       }
     }
   }
 }
 
+void ternary_gemm(const uint8_t *a, int M, int kp, const int8_t *bp, int N, const int32_t *colsum, int32_t *c,
+                  int j0, int j1) {
+  gemm_blocks(a, M, kp, bp, N, colsum, c, 0, 0, 0, 0, j0, j1);
+}
+
+/* The per-token activation codes of the ONNX export's ternary linear (bitembed_jax/export/onnx_ops.py,
+ * ternary_matmul) for rows [m0, m1) of x (M, K): with the per-linear norm's weight w, r = sqrt(mean(x^2) +
+ * norm_eps) and the codes are those of x * w; amax = max |x w|, step = max(amax / r, eps) / qb, codes =
+ * round_half_even(x w / (step r)) + 128 (QuantizeLinear's division, rounding and zero point); without w, r = 1
+ * and x is used as it is. Writes the codes into a (rows of 2 * kp bytes, K's padding already zero) and step. */
+static void quantize_rows(const float *x, int m0, int m1, int K, const float *w, float norm_eps, float eps, int qb,
+                          uint8_t *a, int kp, float *step) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int m = m0; m < m1; m++) {
+    const float *xm = x + (int64_t)m * K;
+    __m256 vmax = _mm256_setzero_ps(), vss = _mm256_setzero_ps();
+    float smax = 0.0f, sss = 0.0f;
+    int k = 0;
+    for (; k + 8 <= K; k += 8) {
+      __m256 v = _mm256_loadu_ps(xm + k);
+      vss = _mm256_add_ps(vss, _mm256_mul_ps(v, v));
+      if (w) v = _mm256_mul_ps(v, _mm256_loadu_ps(w + k));
+      vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, v));
+    }
+    for (; k < K; k++) {
+      float v = xm[k] * (w ? w[k] : 1.0f);
+      sss += xm[k] * xm[k];
+      smax = fabsf(v) > smax ? fabsf(v) : smax;
+    }
+    float lanes[8], ssl[8];
+    _mm256_storeu_ps(lanes, vmax);
+    _mm256_storeu_ps(ssl, vss);
+    for (int i = 0; i < 8; i++) {
+      smax = lanes[i] > smax ? lanes[i] : smax;
+      sss += ssl[i];
+    }
+    float r = w ? sqrtf(sss / (float)K + norm_eps) : 1.0f;
+    float amax = w ? smax / r : smax;
+    float s = (amax > eps ? amax : eps) / (float)qb;
+    float xs = w ? s * r : s;
+    step[m] = s;
+    uint8_t *am = a + (int64_t)m * 2 * kp;
+    const __m256 vxs = _mm256_set1_ps(xs);
+    const __m256i zp = _mm256_set1_epi32(128);
+    for (k = 0; k + 8 <= K; k += 8) {
+      __m256 v = _mm256_loadu_ps(xm + k);
+      if (w) v = _mm256_mul_ps(v, _mm256_loadu_ps(w + k));
+      __m256 q = _mm256_round_ps(_mm256_div_ps(v, vxs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      __m256i i = _mm256_add_epi32(_mm256_cvtps_epi32(q), zp); /* within [1, 255]: |q| <= qb */
+      __m128i i16 = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+      _mm_storel_epi64((__m128i *)(am + k), _mm_packus_epi16(i16, i16));
+    }
+    for (; k < K; k++) am[k] = (uint8_t)((int)nearbyintf(xm[k] * (w ? w[k] : 1.0f) / xs) + 128);
+  }
+}
+
 typedef struct {
+  const float *x, *w, *col_scale;
+  float norm_eps, eps, *step, *y;
   const uint8_t *a;
+  uint8_t *a_out;
   const int8_t *bp;
   const int32_t *colsum;
   int32_t *c;
-  int M, kp, N, j0, j1;
+  int M, K, kp, N, qb, col_stride, lo, hi;
 } share_t;
 
-static void *run_share(void *arg) {
+static void *gemm_share(void *arg) {
   share_t *s = arg;
-  ternary_gemm(s->a, s->M, s->kp, s->bp, s->N, s->colsum, s->c, s->j0, s->j1);
+  gemm_blocks(s->a, s->M, s->kp, s->bp, s->N, s->colsum, s->c, s->y, s->step, s->col_scale, s->col_stride, s->lo,
+              s->hi);
   return 0;
 }
 
-/* ternary_gemm on `threads` threads (at most 64), each with an equal share of the column blocks; the caller
- * computes the first share. Thread start costs a few microseconds per call: an operator would use its
+static void *quantize_share(void *arg) {
+  share_t *s = arg;
+  quantize_rows(s->x, s->lo, s->hi, s->K, s->w, s->norm_eps, s->eps, s->qb, s->a_out, s->kp, s->step);
+  return 0;
+}
+
+/* fn on `threads` threads (at most 64), share t getting [count * t / threads, count * (t + 1) / threads); the
+ * caller runs the first. Starting threads costs a few microseconds per call: an operator would use its
  * runtime's thread pool instead. */
-void ternary_gemm_threads(const uint8_t *a, int M, int kp, const int8_t *bp, int N, const int32_t *colsum,
-                          int32_t *c, int threads) {
+static void parallel(void *(*fn)(void *), share_t proto, int count, int threads) {
   share_t shares[64];
   pthread_t ids[64];
-  int blocks = N / NR;
   threads = threads < 1 ? 1 : threads > 64 ? 64 : threads;
   for (int t = 0; t < threads; t++) {
-    shares[t] = (share_t){a, bp, colsum, c, M, kp, N, blocks * t / threads, blocks * (t + 1) / threads};
-    if (t > 0) pthread_create(&ids[t], 0, run_share, &shares[t]);
+    shares[t] = proto;
+    shares[t].lo = (int)((int64_t)count * t / threads);
+    shares[t].hi = (int)((int64_t)count * (t + 1) / threads);
+    if (t > 0) pthread_create(&ids[t], 0, fn, &shares[t]);
   }
-  run_share(&shares[0]);
+  fn(&shares[0]);
   for (int t = 1; t < threads; t++) pthread_join(ids[t], 0);
+}
+
+/* ternary_gemm over all column blocks, shared among `threads` threads */
+void ternary_gemm_threads(const uint8_t *a, int M, int kp, const int8_t *bp, int N, const int32_t *colsum,
+                          int32_t *c, int threads) {
+  share_t s = {.a = a, .bp = bp, .colsum = colsum, .c = c, .M = M, .kp = kp, .N = N};
+  parallel(gemm_share, s, N / NR, threads);
+}
+
+/* The export's whole ternary linear on tokens x (M, K) float32 -> y (M, N) float32: per-token codes
+ * (quantize_rows; w may be 0 for a linear without its own norm), the exact integer product, rescaled by
+ * step[m] * gamma (gamma[n] when per_col, else gamma[0]). a: scratch of rows_padded x 2 * kp zero bytes
+ * (rows_padded = M rounded up to MR), step: scratch of rows_padded floats. */
+void ternary_linear(const float *x, int M, int K, const float *w, float norm_eps, float eps, int qb,
+                    const int8_t *bp, int N, const int32_t *colsum, const float *gamma, int per_col, uint8_t *a,
+                    float *step, float *y_padded, int threads) {
+  int kp = (K + 1) / 2, rows = (M + MR - 1) / MR * MR;
+  share_t s = {.x = x, .w = w, .norm_eps = norm_eps, .eps = eps, .qb = qb, .a_out = a, .a = a, .kp = kp, .K = K,
+               .step = step, .bp = bp, .N = N, .colsum = colsum, .y = y_padded, .col_scale = gamma,
+               .col_stride = per_col ? 1 : 0, .M = rows};
+  parallel(quantize_share, s, M, threads);
+  for (int m = M; m < rows; m++) step[m] = 0.0f;
+  parallel(gemm_share, s, N / NR, threads);
 }
