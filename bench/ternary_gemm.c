@@ -1,5 +1,6 @@
 /* A ternary GEMM for AVX2 CPUs without VNNI, for bench/onnx_matmul_probe.py: C = (A - 128) @ B, exact in int32,
- * A uint8 (M, K) activation codes with zero point 128, B ternary int8 (K, N), as ONNX MatMulInteger computes it.
+ * A uint8 (M, K) activation codes with zero point 128, B ternary int8 (K, N), as ONNX MatMulInteger computes it;
+ * and the ONNX export's whole ternary linear around it (ternary_linear), for bench/ternary_linear_probe.py.
  *
  * Why it can beat MLAS's uint8 x int8 kernel there: vpmaddubsw multiplies 32 byte pairs into 16 int16 sums, and
  * MLAS must widen each of them to int32 at once (a second multiply, vpmaddwd), since 255 * 127 * 2 overflows
