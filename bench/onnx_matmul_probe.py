@@ -86,10 +86,14 @@ class TernaryKernel:
         start = -raw.ctypes.data % 32
         return raw[start:start + size]
 
+    def _codes_buffer(self, m: int) -> np.ndarray:
+        """Zeroed activation codes for m tokens: rows padded to MR, K to even (the kernel reads the padding)."""
+        return np.zeros((-(-m // MR) * MR, 2 * self.kp), np.uint8)
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         m = x.shape[0]
-        rows = -(-m // MR) * MR
-        a = np.zeros((rows, 2 * self.kp), np.uint8)  # zero padding: rows to MR, K to even
+        a = self._codes_buffer(m)
+        rows = a.shape[0]
         a[:m, :x.shape[1]] = x
         c = np.empty((rows, self.n), np.int32)
         self.lib.ternary_gemm_threads(self._ptr(a), rows, self.kp, self._ptr(self.packed), self.n,
@@ -101,8 +105,8 @@ class TernaryKernel:
         """The export's whole ternary linear (``ternary_linear`` in the C file): float32 tokens x (M, K) ->
         float32 (M, N), per-token quantization included."""
         m = x.shape[0]
-        rows = -(-m // MR) * MR
-        a = np.zeros((rows, 2 * self.kp), np.uint8)
+        a = self._codes_buffer(m)
+        rows = a.shape[0]
         step = np.empty(rows, np.float32)
         y = np.empty((rows, self.n), np.float32)
         # held in locals: a pointer to a temporary copy would dangle
@@ -126,13 +130,8 @@ def cpu_flags() -> str:
     return ", ".join(f"{w}: {'yes' if w in flags else 'no'}" for w in wanted)
 
 
-def alternate(fp, mlas, kernel, xf: np.ndarray, x8: np.ndarray, reps: int) -> dict:
-    """{contender: [seconds per call]}, the calls alternating; stops first if the kernel's products differ."""
-    runs = {"fp32 MatMul": lambda: fp.run(None, {"x": xf})[0],
-            "uint8 x int8 MatMulInteger": lambda: mlas.run(None, {"x": x8})[0],
-            "ternary kernel (bench/ternary_gemm.c)": lambda: kernel(x8)}
-    if not np.array_equal(runs["uint8 x int8 MatMulInteger"](), kernel(x8)):
-        raise SystemExit("bench/onnx_matmul_probe.py: the ternary kernel's int32 products differ from MatMulInteger's")
+def alternating_times(runs: dict, reps: int) -> dict:
+    """{name: [seconds per call]} of the callables ``runs``, their calls alternating, a pause before each."""
     times = {name: [] for name in runs}
     for _ in range(reps):
         for name, fn in runs.items():
@@ -141,6 +140,16 @@ def alternate(fp, mlas, kernel, xf: np.ndarray, x8: np.ndarray, reps: int) -> di
             fn()
             times[name].append(time.perf_counter() - t)
     return times
+
+
+def alternate(fp, mlas, kernel, xf: np.ndarray, x8: np.ndarray, reps: int) -> dict:
+    """``alternating_times`` of the three contenders; stops first if the kernel's products differ."""
+    runs = {"fp32 MatMul": lambda: fp.run(None, {"x": xf})[0],
+            "uint8 x int8 MatMulInteger": lambda: mlas.run(None, {"x": x8})[0],
+            "ternary kernel (bench/ternary_gemm.c)": lambda: kernel(x8)}
+    if not np.array_equal(runs["uint8 x int8 MatMulInteger"](), kernel(x8)):
+        raise SystemExit("bench/onnx_matmul_probe.py: the ternary kernel's int32 products differ from MatMulInteger's")
+    return alternating_times(runs, reps)
 
 
 def main():

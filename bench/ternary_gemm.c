@@ -111,8 +111,10 @@ static void quantize_rows(const float *x, int m0, int m1, int K, const float *w,
     int k = 0;
     for (; k + 8 <= K; k += 8) {
       __m256 v = _mm256_loadu_ps(xm + k);
-      vss = _mm256_add_ps(vss, _mm256_mul_ps(v, v));
-      if (w) v = _mm256_mul_ps(v, _mm256_loadu_ps(w + k));
+      if (w) { /* r is needed only with a norm */
+        vss = _mm256_add_ps(vss, _mm256_mul_ps(v, v));
+        v = _mm256_mul_ps(v, _mm256_loadu_ps(w + k));
+      }
       vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, v));
     }
     for (; k < K; k++) {

@@ -13,7 +13,6 @@ an ulp of a rounding boundary) and their times, calls alternating. It measures w
 replace; the rest of the graph (attention, norms, embeddings) is not in it.
 """
 import argparse
-import time
 
 import numpy as np
 import onnxruntime as ort
@@ -22,7 +21,7 @@ from onnx import TensorProto, helper
 from bitembed_jax.export.onnx_graph import IR_VERSION, OPSET
 from bitembed_jax.export.onnx_ops import MS_DOMAIN, Graph, ternary_matmul
 from bitembed_jax.quant.activation import EPS as ACT_EPS
-from onnx_matmul_probe import PAUSE_S, TernaryKernel, cpu_flags
+from onnx_matmul_probe import TernaryKernel, alternating_times, cpu_flags
 
 NORM_EPS = 1e-6
 
@@ -43,7 +42,7 @@ def onnx_linear(lin: dict, k: int, n: int, bits: int, threads: int) -> ort.Infer
 def tokens(rng, m: int, k: int) -> np.ndarray:
     """Normal activations with 1% of the channels 20x larger."""
     scale = np.where(rng.random(k) < 0.01, 20.0, 1.0).astype(np.float32)
-    return (rng.standard_normal((m, k)).astype(np.float32) * scale).astype(np.float32)
+    return rng.standard_normal((m, k)).astype(np.float32) * scale
 
 
 def main():
@@ -70,13 +69,7 @@ def main():
                 "fused kernel (bench/ternary_gemm.c)": lambda: kernel.linear(
                     x, norm, np.array([gamma]), norm_eps=NORM_EPS, eps=ACT_EPS, bits=args.act_bits)}
         ref, ours = (fn() for fn in runs.values())
-        times = {name: [] for name in runs}
-        for _ in range(args.reps):
-            for name, fn in runs.items():
-                time.sleep(PAUSE_S)
-                t = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t)
+        times = alternating_times(runs, args.reps)
     finally:
         kernel.close()
     step = np.abs(ref).max() / 127
