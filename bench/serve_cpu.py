@@ -103,7 +103,8 @@ def _qwen3_folders(workdir: str, norm: str) -> tuple[str, str]:
         cfg = from_hf_config(hf, "preset Qwen/Qwen3-0.6B", mode="fp")
         model = build_model(cfg, seed=0)
         tok = _tokenizer_dir(workdir)
-        save_model_dir(fp_dir, model, cfg, tokenizer_dir=tok, overwrite=True)
+        if not os.path.exists(os.path.join(fp_dir, "bitembed_config.json")):  # the same seed: the same weights
+            save_model_dir(fp_dir, model, cfg, tokenizer_dir=tok, overwrite=True)
         bit, bcfg = fp_to_bitnet(model, cfg, SimpleNamespace(mode="bitnet", norm=norm, act_bits=8))
         save_model_dir(bit_dir, bit, bcfg, tokenizer_dir=tok, overwrite=True)
     return fp_dir, bit_dir
